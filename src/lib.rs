@@ -1,0 +1,95 @@
+//! # tapegrad
+//!
+//! A reverse-mode, tape-based automatic differentiation engine for
+//! recurrent networks on the CPU.
+//!
+//! ## What it is
+//!
+//! A [`Tape`] records every operation once, as a node, in the order it
+//! happens. Because an op's inputs always exist before the op, that order is
+//! a topological order, and [`Var::backward`] is a single reverse loop over
+//! the list that hands each node's gradient to its op's rule
+//! (symbol-to-number differentiation, as Torch does it). Unroll an RNN for T
+//! steps and the tape holds the unrolled graph; its reverse sweep *is*
+//! backpropagation through time — no recursion, no graph sorting, no special
+//! case for recurrence.
+//!
+//! ```
+//! use tapegrad::{Reduction, Tape, Tensor};
+//!
+//! // h(t) = tanh(x(t)·Uᵀ + h(t−1)·Wᵀ + b), loss = Σ_t CE(h(t)·Vᵀ, y(t))
+//! let tape = Tape::<f64>::new();
+//! let u = tape.var(Tensor::randn(&[4, 3], 1));
+//! let w = tape.var(Tensor::randn(&[4, 4], 2));
+//! let b = tape.var(Tensor::zeros(&[4]));
+//! let v = tape.var(Tensor::randn(&[2, 4], 3));
+//! let mut h = tape.constant(Tensor::zeros(&[1, 4]));
+//! let mut loss = tape.scalar(0.0);
+//! for t in 0..3 {
+//!     let _s = tape.scope_at("t", t);
+//!     let x = tape.constant(Tensor::randn(&[1, 3], 10 + t as u64));
+//!     h = (x.matmul_t(u) + h.matmul_t(w) + b).tanh();
+//!     loss = loss + h.matmul_t(v).cross_entropy(&[t % 2], Reduction::Sum);
+//! }
+//! let grads = loss.backward();            // BPTT: one reverse sweep
+//! assert_eq!(grads.wrt(w).shape(), &[4, 4]);
+//! assert!(tape.listing().contains("t=2"));
+//! ```
+//!
+//! ## The pieces
+//!
+//! - [`Tensor`]: dense row-major values of any [`Real`] (`f32`, `f64`).
+//! - [`Tape`], [`Var`], [`Grads`]: recording, handles, the reverse sweep.
+//! - `ops` (methods on [`Var`]): arithmetic with broadcasting, matmul,
+//!   activations, reductions, reshape/concat/slice/gather, softmax family,
+//!   losses, dropout, select — each op's forward and backward in one place.
+//! - [`ParamStore`], [`ParamKey`]: parameters that outlive a tape.
+//! - [`gradcheck`]: finite-difference checks of any function of vars.
+//!
+//! ## Error policy
+//!
+//! One rule, followed everywhere:
+//!
+//! - **Programmer errors panic** with a message naming the op, the tape
+//!   label and the shapes: a shape mismatch inside an expression, operands
+//!   from two tapes, `backward()` on a non-scalar, a stale parameter key.
+//!   This keeps formulas free of `?` (`(x.matmul_t(w) + b).tanh()`), the way
+//!   slice indexing and ndarray behave. Each such method documents it under
+//!   `# Panics`.
+//! - **Data-driven failures return `Result<_, `[`Error`]`>`**: building a
+//!   tensor from a `Vec`, allocating an absurd shape, reading a checkpoint.
+//!   The panicking entry points a caller may want to probe at run time have
+//!   a `try_` form ([`Tensor::try_full`], [`Tape::try_param`],
+//!   [`Var::try_backward`], [`Grads::try_wrt`]).
+//!
+//! Either way the message is the [`Error`]'s `Display`, and its
+//! [`ErrorKind`] says which class it is. There is no undefined behaviour:
+//! the crate denies `unsafe` except in the one GEMM call
+//! (`tensor/gemm.rs`), whose bounds are checked in safe code first.
+//!
+//! ## Numerics
+//!
+//! NaN and ±∞ propagate as IEEE says and nothing panics on them, unless
+//! anomaly detection is on ([`Tape::set_anomaly_detection`]), which names
+//! the first op that produced one. A zero incoming gradient is a
+//! structural zero: the untaken branch of [`Var::select`] cannot leak NaN.
+
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+mod error;
+pub mod gradcheck;
+mod ops;
+mod params;
+mod real;
+mod tape;
+pub mod tensor;
+
+pub use error::{Error, ErrorKind, Result};
+pub use ops::Reduction;
+pub use params::{Param, ParamKey, ParamStore};
+pub use real::Real;
+pub use tape::{Grads, ScopeGuard, Tape, Var};
+pub use tensor::gemm::{num_threads, set_num_threads};
+pub use tensor::{Shape, Tensor};

@@ -1,0 +1,292 @@
+//! NumPy-style broadcasting for elementwise binary ops: shapes align at the
+//! trailing dimension; a dimension of 1 (or a missing one) stretches.
+//!
+//! Kernels are chosen once per op by [`Plan`]: equal shapes (a plain zip),
+//! a *tiled* operand whose shape is a suffix of the output (a bias `[H]`
+//! over `[B×H]`: element `i % n`), a *repeated* operand whose shape is a
+//! prefix followed by ones (a per-row mask `[B×1]`: element `i / m`), and a
+//! general odometer for everything else. The gradient of a stretched operand
+//! is the sum of the output gradient over the stretched dimensions.
+
+use crate::error::{Error, Result};
+use crate::tensor::Shape;
+use crate::Real;
+
+/// The broadcast shape of `a` and `b`, or a shape error naming both.
+pub(crate) fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Result<Shape> {
+    let rank = a.len().max(b.len());
+    let mut out = Shape::with_capacity(rank);
+    for i in 0..rank {
+        let da = dim_from_right(a, rank - 1 - i);
+        let db = dim_from_right(b, rank - 1 - i);
+        out.push(match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "shapes {a:?} and {b:?} do not broadcast (dimension {i}: {da} vs {db})"
+                    ),
+                ))
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// Dimension `k` counted from the right (0 = last), 1 where missing.
+fn dim_from_right(s: &[usize], k: usize) -> usize {
+    if k < s.len() {
+        s[s.len() - 1 - k]
+    } else {
+        1
+    }
+}
+
+/// How one operand maps onto the output.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Access {
+    /// Same shape as the output: element `i`.
+    Same,
+    /// Element `i % n` (shape is a suffix of the output's, after leading ones).
+    Tile(usize),
+    /// Element `i / m` (shape is a prefix of the output's, then ones).
+    Repeat(usize),
+    /// Any other stretch: strides aligned to the output, 0 where stretched.
+    Strided(Shape),
+}
+
+impl Access {
+    pub(crate) fn of(shape: &[usize], out: &[usize]) -> Access {
+        let n: usize = shape.iter().product();
+        let total: usize = out.iter().product();
+        if n == total {
+            return Access::Same;
+        }
+        let rank = out.len();
+        let aligned: Shape = (0..rank)
+            .map(|i| dim_from_right(shape, rank - 1 - i))
+            .collect();
+        // Suffix: leading dims all 1, the rest equal to out's.
+        let first_real = aligned.iter().position(|&d| d != 1).unwrap_or(rank);
+        if aligned[first_real..] == out[first_real..] {
+            return Access::Tile(n.max(1));
+        }
+        // Prefix: trailing dims all 1, the rest equal to out's.
+        let last_real = aligned.iter().rposition(|&d| d != 1).map_or(0, |p| p + 1);
+        if aligned[..last_real] == out[..last_real] {
+            return Access::Repeat(total / n.max(1));
+        }
+        let mut strides = Shape::from_elem(0, rank);
+        let mut acc = 1;
+        for i in (0..rank).rev() {
+            if aligned[i] != 1 {
+                strides[i] = acc;
+            }
+            acc *= aligned[i];
+        }
+        Access::Strided(strides)
+    }
+}
+
+/// Visits every output index with the offsets of both operands.
+fn odometer(out: &[usize], sa: &[usize], sb: &[usize], mut f: impl FnMut(usize, usize, usize)) {
+    let total: usize = out.iter().product();
+    if total == 0 {
+        return;
+    }
+    let rank = out.len();
+    let mut idx = vec![0usize; rank];
+    let (mut oa, mut ob) = (0usize, 0usize);
+    for i in 0..total {
+        f(i, oa, ob);
+        for d in (0..rank).rev() {
+            idx[d] += 1;
+            oa += sa[d];
+            ob += sb[d];
+            if idx[d] < out[d] {
+                break;
+            }
+            oa -= sa[d] * out[d];
+            ob -= sb[d] * out[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+fn strides_of(access: &Access, shape: &[usize], out: &[usize]) -> Shape {
+    match access {
+        Access::Strided(s) => s.clone(),
+        _ => Access::strided_always(shape, out),
+    }
+}
+
+impl Access {
+    fn strided_always(shape: &[usize], out: &[usize]) -> Shape {
+        let rank = out.len();
+        let aligned: Shape = (0..rank)
+            .map(|i| dim_from_right(shape, rank - 1 - i))
+            .collect();
+        let mut strides = Shape::from_elem(0, rank);
+        let mut acc = 1;
+        for i in (0..rank).rev() {
+            if aligned[i] != 1 {
+                strides[i] = acc;
+            }
+            acc *= aligned[i];
+        }
+        strides
+    }
+
+    #[inline]
+    fn index(&self, i: usize) -> usize {
+        match *self {
+            Access::Same => i,
+            Access::Tile(n) => i % n,
+            Access::Repeat(m) => i / m,
+            Access::Strided(_) => unreachable!("strided access goes through the odometer"),
+        }
+    }
+}
+
+/// `out[i] = f(a[ia(i)], b[ib(i)])` over the broadcast output shape.
+pub(crate) fn zip<F: Real>(
+    out_shape: &[usize],
+    a: (&[F], &[usize]),
+    b: (&[F], &[usize]),
+    out: &mut [F],
+    f: impl Fn(F, F) -> F,
+) {
+    let aa = Access::of(a.1, out_shape);
+    let ab = Access::of(b.1, out_shape);
+    match (&aa, &ab) {
+        (Access::Same, Access::Same) => {
+            for ((o, &x), &y) in out.iter_mut().zip(a.0).zip(b.0) {
+                *o = f(x, y);
+            }
+        }
+        (Access::Same, Access::Tile(n)) if *n > 0 => {
+            for (oc, xc) in out.chunks_exact_mut(*n).zip(a.0.chunks_exact(*n)) {
+                for ((o, &x), &y) in oc.iter_mut().zip(xc).zip(b.0) {
+                    *o = f(x, y);
+                }
+            }
+        }
+        (Access::Tile(n), Access::Same) if *n > 0 => {
+            for (oc, yc) in out.chunks_exact_mut(*n).zip(b.0.chunks_exact(*n)) {
+                for ((o, &x), &y) in oc.iter_mut().zip(a.0).zip(yc) {
+                    *o = f(x, y);
+                }
+            }
+        }
+        (Access::Strided(_), _) | (_, Access::Strided(_)) => {
+            let sa = strides_of(&aa, a.1, out_shape);
+            let sb = strides_of(&ab, b.1, out_shape);
+            odometer(out_shape, &sa, &sb, |i, ia, ib| {
+                out[i] = f(a.0[ia], b.0[ib])
+            });
+        }
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = f(a.0[aa.index(i)], b.0[ab.index(i)]);
+            }
+        }
+    }
+}
+
+/// Adds `Σ df(gy[i], a[ia(i)], b[ib(i)])` into the gradient of operand `k`
+/// (0 = a, 1 = b), summing over the dimensions that operand was stretched
+/// along. `dst` must already be zeroed or hold earlier contributions, unless
+/// `fresh` and the operand is not stretched.
+pub(crate) fn grad<F: Real>(
+    k: usize,
+    out_shape: &[usize],
+    a: (&[F], &[usize]),
+    b: (&[F], &[usize]),
+    gy: &[F],
+    slot: super::GradSlot<'_, F>,
+    df: impl Fn(F, F, F) -> F,
+) {
+    // A zero incoming gradient is a structural zero (see `unary::rule`).
+    let df = |g: F, x: F, y: F| {
+        if g == F::zero() {
+            F::zero()
+        } else {
+            df(g, x, y)
+        }
+    };
+    let aa = Access::of(a.1, out_shape);
+    let ab = Access::of(b.1, out_shape);
+    let mine = if k == 0 { &aa } else { &ab };
+    let strided = matches!(aa, Access::Strided(_)) || matches!(ab, Access::Strided(_));
+    if let (Access::Same, Access::Same) = (&aa, &ab) {
+        let vals = gy
+            .iter()
+            .zip(a.0)
+            .zip(b.0)
+            .map(|((&g, &x), &y)| df(g, x, y));
+        slot.put(vals);
+        return;
+    }
+    if *mine == Access::Same && !strided {
+        // This operand is full size, the other one is stretched.
+        let vals = gy
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| df(g, a.0[aa.index(i)], b.0[ab.index(i)]));
+        slot.put(vals);
+        return;
+    }
+    let dst = slot.for_adding();
+    if strided {
+        let sa = strides_of(&aa, a.1, out_shape);
+        let sb = strides_of(&ab, b.1, out_shape);
+        odometer(out_shape, &sa, &sb, |i, ia, ib| {
+            let d = if k == 0 { ia } else { ib };
+            dst[d] = dst[d] + df(gy[i], a.0[ia], b.0[ib]);
+        });
+    } else {
+        for (i, &g) in gy.iter().enumerate() {
+            let (ia, ib) = (aa.index(i), ab.index(i));
+            let d = if k == 0 { ia } else { ib };
+            dst[d] = dst[d] + df(g, a.0[ia], b.0[ib]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_broadcast_like_numpy() {
+        assert_eq!(
+            broadcast_shape("t", &[4, 3], &[3]).unwrap().as_slice(),
+            &[4, 3]
+        );
+        assert_eq!(
+            broadcast_shape("t", &[4, 1], &[1, 5]).unwrap().as_slice(),
+            &[4, 5]
+        );
+        assert_eq!(
+            broadcast_shape("t", &[], &[2, 2]).unwrap().as_slice(),
+            &[2, 2]
+        );
+        let e = broadcast_shape("add", &[4, 3], &[4]).unwrap_err();
+        assert!(e.to_string().contains("[4, 3] and [4]"), "{e}");
+    }
+
+    #[test]
+    fn access_kinds() {
+        assert_eq!(Access::of(&[3], &[4, 3]), Access::Tile(3));
+        assert_eq!(Access::of(&[1, 3], &[4, 3]), Access::Tile(3));
+        assert_eq!(Access::of(&[4, 1], &[4, 3]), Access::Repeat(3));
+        assert_eq!(Access::of(&[], &[4, 3]), Access::Tile(1));
+        assert!(matches!(
+            Access::of(&[2, 1, 3], &[2, 4, 3]),
+            Access::Strided(_)
+        ));
+    }
+}

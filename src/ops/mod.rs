@@ -1,0 +1,142 @@
+//! The primitives: one file per family, each op's forward (a method on
+//! [`Var`](crate::Var)) and backward (a rule on the family's enum) side by
+//! side, the derivative in the doc comment. This file only routes: the
+//! closed [`Op`] enum names the families, and its `backward`/`name` calls
+//! delegate. Adding an op to a family touches that family's file alone.
+//!
+//! Backward rules receive a [`BackwardCtx`] (input values `x`, output value
+//! `y`, output gradient `gy`) and a [`GradSlot`] for one input, into which
+//! they write (first contribution) or add (later ones) ∂L/∂x_k.
+
+pub(crate) mod arith;
+pub(crate) mod broadcast;
+pub(crate) mod dropout;
+pub(crate) mod linalg;
+pub(crate) mod loss;
+pub(crate) mod reduce;
+pub(crate) mod select;
+pub(crate) mod shape;
+pub(crate) mod unary;
+
+pub use loss::Reduction;
+
+use crate::params::ParamKey;
+use crate::tape::pool::Pool;
+use crate::tensor::Tensor;
+use crate::Real;
+use std::borrow::Cow;
+
+/// Every kind of node a tape can hold.
+pub(crate) enum Op<F> {
+    /// A leaf: data, a constant, or a var that requires its gradient.
+    Leaf,
+    /// A leaf bound from a parameter store.
+    Param(ParamKey),
+    /// Elementwise binary ops with broadcasting (`arith.rs`).
+    Binary(arith::BinaryOp),
+    /// Elementwise unary ops and activations (`unary.rs`).
+    Unary(unary::UnaryOp<F>),
+    /// Matrix products and transposes (`linalg.rs`).
+    Linalg(linalg::LinalgOp),
+    /// Sums and means (`reduce.rs`).
+    Reduce(reduce::ReduceOp),
+    /// Reshape, concat, slice, gather (`shape.rs`).
+    Shape(shape::ShapeOp),
+    /// Softmax family and losses (`loss.rs`).
+    Loss(loss::LossOp<F>),
+    /// Dropout with its saved mask (`dropout.rs`).
+    Dropout(dropout::DropoutOp<F>),
+    /// Elementwise select by a mask (`select.rs`).
+    Select(select::SelectOp),
+}
+
+/// What a backward rule reads: input values, output value, output gradient.
+pub(crate) struct BackwardCtx<'a, F> {
+    pub(crate) x: &'a [&'a Tensor<F>],
+    pub(crate) y: &'a Tensor<F>,
+    pub(crate) gy: &'a Tensor<F>,
+}
+
+/// The gradient buffer of one input. `fresh` means nothing has been written
+/// yet (the contents are stale pool data): the rule must overwrite every
+/// element. Otherwise it must add.
+pub(crate) struct GradSlot<'a, F> {
+    pub(crate) data: &'a mut [F],
+    pub(crate) fresh: bool,
+}
+
+impl<'a, F: Real> GradSlot<'a, F> {
+    /// Writes or adds `values` elementwise (lengths must match).
+    #[inline]
+    pub(crate) fn put(self, values: impl Iterator<Item = F>) {
+        if self.fresh {
+            for (d, v) in self.data.iter_mut().zip(values) {
+                *d = v;
+            }
+        } else {
+            for (d, v) in self.data.iter_mut().zip(values) {
+                *d = *d + v;
+            }
+        }
+    }
+
+    /// Zeroes a fresh slot, so a rule can scatter-add into it; returns the
+    /// buffer.
+    #[inline]
+    pub(crate) fn for_adding(self) -> &'a mut [F] {
+        if self.fresh {
+            self.data.fill(F::zero());
+        }
+        self.data
+    }
+}
+
+impl<F: Real> Op<F> {
+    /// A short name for listings and errors (`"matmul"`, `"tanh"`, …).
+    pub(crate) fn name(&self) -> Cow<'static, str> {
+        match self {
+            Op::Leaf => "leaf".into(),
+            Op::Param(_) => "param".into(),
+            Op::Binary(o) => o.name().into(),
+            Op::Unary(o) => o.name(),
+            Op::Linalg(o) => o.name().into(),
+            Op::Reduce(o) => o.name(),
+            Op::Shape(o) => o.name(),
+            Op::Loss(o) => o.name(),
+            Op::Dropout(o) => o.name(),
+            Op::Select(o) => o.name().into(),
+        }
+    }
+
+    /// Adds ∂L/∂x_k into `slot`, given the context of this node.
+    pub(crate) fn backward(&self, k: usize, ctx: &BackwardCtx<'_, F>, slot: GradSlot<'_, F>) {
+        match self {
+            Op::Leaf | Op::Param(_) => {}
+            Op::Binary(o) => o.backward(k, ctx, slot),
+            Op::Unary(o) => o.backward(k, ctx, slot),
+            Op::Linalg(o) => o.backward(k, ctx, slot),
+            Op::Reduce(o) => o.backward(k, ctx, slot),
+            Op::Shape(o) => o.backward(k, ctx, slot),
+            Op::Loss(o) => o.backward(k, ctx, slot),
+            Op::Dropout(o) => o.backward(k, ctx, slot),
+            Op::Select(o) => o.backward(k, ctx, slot),
+        }
+    }
+
+    /// Returns any buffers the op saved to the pool (tape reset).
+    pub(crate) fn recycle(self, pool: &mut Pool<F>) {
+        match self {
+            Op::Loss(o) => o.recycle(pool),
+            Op::Dropout(o) => o.recycle(pool),
+            _ => {}
+        }
+    }
+}
+
+/// Formats a shape list for error messages: `[2, 3] and [4]`.
+pub(crate) fn shapes(list: &[&Tensor<impl Real>]) -> String {
+    list.iter()
+        .map(|t| format!("{:?}", t.shape()))
+        .collect::<Vec<_>>()
+        .join(" and ")
+}

@@ -1,0 +1,381 @@
+//! Elementwise unary ops: affine scalar maps (neg, add/mul by a scalar),
+//! activations (tanh, sigmoid, relu) and pointwise math (exp, log, sqrt,
+//! powf, abs, clamp).
+//!
+//! Each rule is `∂L/∂x = gy ⊙ f'(x)`, written with the output `y` wherever
+//! that is cheaper (tanh' = 1 − y², σ' = y(1 − y), exp' = y, sqrt' = 1/(2y)).
+//!
+//! Boundary conventions (the subgradients PyTorch uses): relu'(0) = 0,
+//! abs'(0) = 0, clamp passes the gradient where lo ≤ x ≤ hi (both ends
+//! included); sqrt'(0) = +∞ and log'(0) = +∞ as IEEE gives them.
+
+use super::{BackwardCtx, GradSlot, Op};
+use crate::error::{Error, ErrorKind};
+use crate::tensor::Tensor;
+use crate::{Real, Var};
+use std::borrow::Cow;
+
+/// An elementwise unary op.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum UnaryOp<F> {
+    /// `y = mul·x + add`; y' = mul. (neg, add_scalar, mul_scalar.)
+    Affine { mul: F, add: F },
+    /// `y = tanh x`; y' = 1 − y².
+    Tanh,
+    /// `y = σ(x) = 1/(1 + e^(−x))`; y' = y(1 − y).
+    Sigmoid,
+    /// `y = max(x, 0)`; y' = 1 if x > 0, else 0.
+    Relu,
+    /// `y = eˣ`; y' = y.
+    Exp,
+    /// `y = ln x`; y' = 1/x.
+    Log,
+    /// `y = √x`; y' = 1/(2y).
+    Sqrt,
+    /// `y = xᵖ`; y' = p·xᵖ⁻¹.
+    Powf(F),
+    /// `y = |x|`; y' = sign(x), 0 at 0.
+    Abs,
+    /// `y = min(max(x, lo), hi)`; y' = 1 if lo ≤ x ≤ hi, else 0.
+    Clamp { lo: F, hi: F },
+}
+
+impl<F: Real> UnaryOp<F> {
+    pub(crate) fn name(&self) -> Cow<'static, str> {
+        match *self {
+            UnaryOp::Affine { mul, add } => {
+                if mul == -F::one() && add == F::zero() {
+                    "neg".into()
+                } else if mul == F::one() {
+                    format!("add_scalar({add})").into()
+                } else if add == F::zero() {
+                    format!("mul_scalar({mul})").into()
+                } else {
+                    format!("affine({mul}·x + {add})").into()
+                }
+            }
+            UnaryOp::Tanh => "tanh".into(),
+            UnaryOp::Sigmoid => "sigmoid".into(),
+            UnaryOp::Relu => "relu".into(),
+            UnaryOp::Exp => "exp".into(),
+            UnaryOp::Log => "log".into(),
+            UnaryOp::Sqrt => "sqrt".into(),
+            UnaryOp::Powf(p) => format!("powf({p})").into(),
+            UnaryOp::Abs => "abs".into(),
+            UnaryOp::Clamp { lo, hi } => format!("clamp({lo}, {hi})").into(),
+        }
+    }
+
+    /// The op's name without its parameters (no formatting on the hot path).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            UnaryOp::Affine { .. } => "affine",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Clamp { .. } => "clamp",
+        }
+    }
+
+    #[inline]
+    fn forward(self, x: F) -> F {
+        match self {
+            UnaryOp::Affine { mul, add } => mul * x + add,
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => sigmoid(x),
+            UnaryOp::Relu => {
+                if x > F::zero() {
+                    x
+                } else {
+                    F::zero()
+                }
+            }
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Powf(p) => x.powf(p),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Clamp { lo, hi } => x.max(lo).min(hi),
+        }
+    }
+
+    pub(crate) fn backward(&self, _k: usize, c: &BackwardCtx<'_, F>, slot: GradSlot<'_, F>) {
+        let (gy, x, y) = (c.gy.data(), c.x[0].data(), c.y.data());
+        let (one, zero, half) = (F::one(), F::zero(), F::of(0.5));
+        match *self {
+            UnaryOp::Affine { mul, .. } => rule(gy, x, y, slot, |g, _, _| g * mul),
+            UnaryOp::Tanh => rule(gy, x, y, slot, |g, _, y| g * (one - y * y)),
+            UnaryOp::Sigmoid => rule(gy, x, y, slot, |g, _, y| g * y * (one - y)),
+            UnaryOp::Relu => rule(gy, x, y, slot, |g, x, _| if x > zero { g } else { zero }),
+            UnaryOp::Exp => rule(gy, x, y, slot, |g, _, y| g * y),
+            UnaryOp::Log => rule(gy, x, y, slot, |g, x, _| g / x),
+            UnaryOp::Sqrt => rule(gy, x, y, slot, |g, _, y| g * half / y),
+            UnaryOp::Powf(p) => rule(gy, x, y, slot, |g, x, _| g * p * x.powf(p - one)),
+            UnaryOp::Abs => rule(gy, x, y, slot, |g, x, _| {
+                if x > zero {
+                    g
+                } else if x < zero {
+                    -g
+                } else {
+                    zero
+                }
+            }),
+            UnaryOp::Clamp { lo, hi } => {
+                rule(
+                    gy,
+                    x,
+                    y,
+                    slot,
+                    |g, x, _| if x >= lo && x <= hi { g } else { zero },
+                )
+            }
+        }
+    }
+}
+
+/// Applies `∂L/∂x = f(gy, x, y)` elementwise, with a zero incoming gradient
+/// as a structural zero: where gy = 0 the result is 0 even if f'(x) is NaN
+/// or ∞, so the untaken branch of a select cannot leak NaN.
+#[inline]
+fn rule<F: Real>(gy: &[F], x: &[F], y: &[F], slot: GradSlot<'_, F>, f: impl Fn(F, F, F) -> F) {
+    slot.put(gy.iter().zip(x).zip(y).map(|((&g, &x), &y)| {
+        if g == F::zero() {
+            F::zero()
+        } else {
+            f(g, x, y)
+        }
+    }));
+}
+
+/// The logistic function, computed without overflow for any finite input.
+#[inline]
+pub(crate) fn sigmoid<F: Real>(x: F) -> F {
+    if x >= F::zero() {
+        F::one() / (F::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (F::one() + e)
+    }
+}
+
+impl<'t, F: Real> Var<'t, F> {
+    #[track_caller]
+    pub(crate) fn unary(self, op: UnaryOp<F>) -> Var<'t, F> {
+        self.tape().record(op.kind(), &[self], |x, pool| {
+            let x = x[0];
+            let mut out = pool.take(x.numel(), op.kind())?;
+            for (o, &v) in out.iter_mut().zip(x.data()) {
+                *o = op.forward(v);
+            }
+            Ok((Op::Unary(op), Tensor::from_parts(x.shape().into(), out)))
+        })
+    }
+
+    /// Negation, `y = −x` (also the unary `-` operator).
+    ///
+    /// Gradient: ∂L/∂x = −gy.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(2.0));
+    /// assert_eq!((-x).backward().wrt(x).item(), -1.0);
+    /// ```
+    #[allow(clippy::should_implement_trait)]
+    pub fn neg(self) -> Var<'t, F> {
+        self.unary(UnaryOp::Affine {
+            mul: -F::one(),
+            add: F::zero(),
+        })
+    }
+
+    /// Adds a scalar, `y = x + c`.
+    ///
+    /// Gradient: ∂L/∂x = gy.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(2.0));
+    /// assert_eq!(x.add_scalar(1.5).item(), 3.5);
+    /// ```
+    pub fn add_scalar(self, c: F) -> Var<'t, F> {
+        self.unary(UnaryOp::Affine {
+            mul: F::one(),
+            add: c,
+        })
+    }
+
+    /// Multiplies by a scalar, `y = c·x`.
+    ///
+    /// Gradient: ∂L/∂x = c·gy.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(2.0));
+    /// assert_eq!(x.mul_scalar(3.0).backward().wrt(x).item(), 3.0);
+    /// ```
+    pub fn mul_scalar(self, c: F) -> Var<'t, F> {
+        self.unary(UnaryOp::Affine {
+            mul: c,
+            add: F::zero(),
+        })
+    }
+
+    /// `y = c − x` in one op (for `1 − z` in a GRU).
+    ///
+    /// Gradient: ∂L/∂x = −gy.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(0.25));
+    /// assert_eq!(x.rsub_scalar(1.0).item(), 0.75);
+    /// ```
+    pub fn rsub_scalar(self, c: F) -> Var<'t, F> {
+        self.unary(UnaryOp::Affine {
+            mul: -F::one(),
+            add: c,
+        })
+    }
+
+    /// Hyperbolic tangent, `y = tanh x`.
+    ///
+    /// Gradient: ∂L/∂x = gy ⊙ (1 − y²).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(0.5));
+    /// let y = x.tanh();
+    /// let t = 0.5f64.tanh();
+    /// assert!((y.backward().wrt(x).item() - (1.0 - t * t)).abs() < 1e-15);
+    /// ```
+    pub fn tanh(self) -> Var<'t, F> {
+        self.unary(UnaryOp::Tanh)
+    }
+
+    /// Logistic sigmoid, `y = 1/(1 + e^(−x))`, stable for any finite x.
+    ///
+    /// Gradient: ∂L/∂x = gy ⊙ y ⊙ (1 − y).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(0.0));
+    /// let y = x.sigmoid();
+    /// assert_eq!(y.item(), 0.5);
+    /// assert_eq!(y.backward().wrt(x).item(), 0.25);
+    /// ```
+    pub fn sigmoid(self) -> Var<'t, F> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+
+    /// Rectified linear unit, `y = max(x, 0)`.
+    ///
+    /// Gradient: ∂L/∂x = gy where x > 0, else 0 (also at x = 0).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.var(Tensor::from_vec(vec![-1.0, 0.0, 2.0], &[3]).unwrap());
+    /// let g = x.relu().sum().backward();
+    /// assert_eq!(g.wrt(x).data(), &[0.0, 0.0, 1.0]);
+    /// ```
+    pub fn relu(self) -> Var<'t, F> {
+        self.unary(UnaryOp::Relu)
+    }
+
+    /// Exponential, `y = eˣ`.
+    ///
+    /// Gradient: ∂L/∂x = gy ⊙ y.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(1.0));
+    /// assert_eq!(x.exp().backward().wrt(x).item(), 1f64.exp());
+    /// ```
+    pub fn exp(self) -> Var<'t, F> {
+        self.unary(UnaryOp::Exp)
+    }
+
+    /// Natural logarithm, `y = ln x` (ln 0 = −∞, ln of a negative = NaN).
+    ///
+    /// Gradient: ∂L/∂x = gy ⊘ x.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(4.0));
+    /// assert_eq!(x.log().backward().wrt(x).item(), 0.25);
+    /// ```
+    pub fn log(self) -> Var<'t, F> {
+        self.unary(UnaryOp::Log)
+    }
+
+    /// Square root, `y = √x`.
+    ///
+    /// Gradient: ∂L/∂x = gy ⊘ (2y) (+∞ at x = 0).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(4.0));
+    /// assert_eq!(x.sqrt().backward().wrt(x).item(), 0.25);
+    /// ```
+    pub fn sqrt(self) -> Var<'t, F> {
+        self.unary(UnaryOp::Sqrt)
+    }
+
+    /// Power with a scalar exponent, `y = xᵖ`.
+    ///
+    /// Gradient: ∂L/∂x = gy ⊙ p·xᵖ⁻¹.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(3.0));
+    /// assert_eq!(x.powf(2.0).backward().wrt(x).item(), 6.0);
+    /// ```
+    pub fn powf(self, p: F) -> Var<'t, F> {
+        self.unary(UnaryOp::Powf(p))
+    }
+
+    /// Absolute value, `y = |x|`.
+    ///
+    /// Gradient: ∂L/∂x = gy ⊙ sign(x), with sign(0) = 0.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(-3.0));
+    /// assert_eq!(x.abs().backward().wrt(x).item(), -1.0);
+    /// ```
+    pub fn abs(self) -> Var<'t, F> {
+        self.unary(UnaryOp::Abs)
+    }
+
+    /// Clamps into `[lo, hi]`, `y = min(max(x, lo), hi)`.
+    ///
+    /// Gradient: ∂L/∂x = gy where lo ≤ x ≤ hi, else 0.
+    ///
+    /// # Panics
+    /// If `lo > hi` or either bound is NaN.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.var(Tensor::from_vec(vec![-2.0, 0.5, 2.0], &[3]).unwrap());
+    /// let y = x.clamp(-1.0, 1.0);
+    /// assert_eq!(y.value().data(), &[-1.0, 0.5, 1.0]);
+    /// assert_eq!(y.sum().backward().wrt(x).data(), &[0.0, 1.0, 0.0]);
+    /// ```
+    #[track_caller]
+    pub fn clamp(self, lo: F, hi: F) -> Var<'t, F> {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            crate::error::or_panic::<()>(Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "clamp",
+                format!("needs lo ≤ hi, got lo = {lo}, hi = {hi}"),
+            )
+            .with_label(Some(self.label()))));
+        }
+        self.unary(UnaryOp::Clamp { lo, hi })
+    }
+}

@@ -1,0 +1,243 @@
+//! Parameters that outlive a tape: a [`ParamStore`] of named tensors keyed
+//! by [`ParamKey`].
+//!
+//! A training step binds parameters into a fresh or reset tape
+//! ([`Tape::param`](crate::Tape::param)) as leaves that require gradients,
+//! and the gradients come back keyed by the same keys
+//! ([`Grads::param`](crate::Grads::param)). Keys are slotmap keys (stable,
+//! with stale-key detection built in) tagged with the id of the store that
+//! made them, so a removed key *and* a key of another store are both caught
+//! instead of silently naming some other parameter.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::Tensor;
+use crate::Real;
+use slotmap::SlotMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+slotmap::new_key_type! {
+    /// The slot of a parameter inside its store.
+    struct Slot;
+}
+
+/// A handle to one parameter of one [`ParamStore`]: `Copy`, hashable, and
+/// checked on every use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamKey {
+    store: u32,
+    slot: Slot,
+}
+
+/// One parameter: its name (a PyTorch `state_dict` name such as
+/// `lstm.weight_ih_l0`) and its value.
+#[derive(Debug, Clone)]
+pub struct Param<F: Real> {
+    /// The unique name.
+    pub name: String,
+    /// The current value.
+    pub value: Tensor<F>,
+}
+
+/// Named parameters that persist across training steps.
+///
+/// ```
+/// use tapegrad::{ParamStore, Tensor};
+/// let mut store = ParamStore::<f32>::new();
+/// let w = store.insert("linear.weight", Tensor::zeros(&[2, 3]));
+/// assert_eq!(store.name(w), "linear.weight");
+/// assert_eq!(store.key("linear.weight"), Some(w));
+/// assert_eq!(store.num_elements(), 6);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ParamStore<F: Real> {
+    id: u32,
+    map: SlotMap<Slot, Param<F>>,
+    by_name: HashMap<String, Slot>,
+}
+
+static NEXT_STORE_ID: AtomicU32 = AtomicU32::new(1);
+
+impl<F: Real> Default for ParamStore<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Real> ParamStore<F> {
+    /// An empty store.
+    pub fn new() -> Self {
+        ParamStore {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            map: SlotMap::with_key(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// Adds a parameter.
+    ///
+    /// # Panics
+    /// If the name is taken; see [`ParamStore::try_insert`].
+    #[track_caller]
+    pub fn insert(&mut self, name: impl Into<String>, value: Tensor<F>) -> ParamKey {
+        crate::error::or_panic(self.try_insert(name, value))
+    }
+
+    /// Adds a parameter, or an error if the name is taken.
+    ///
+    /// ```
+    /// use tapegrad::{ErrorKind, ParamStore, Tensor};
+    /// let mut store = ParamStore::<f64>::new();
+    /// store.insert("w", Tensor::zeros(&[1]));
+    /// let e = store.try_insert("w", Tensor::zeros(&[1])).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    /// ```
+    pub fn try_insert(&mut self, name: impl Into<String>, value: Tensor<F>) -> Result<ParamKey> {
+        let name = name.into();
+        if self.by_name.contains_key(&name) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "ParamStore::insert",
+                format!("a parameter named `{name}` already exists"),
+            ));
+        }
+        let slot = self.map.insert(Param {
+            name: name.clone(),
+            value,
+        });
+        self.by_name.insert(name, slot);
+        Ok(ParamKey {
+            store: self.id,
+            slot,
+        })
+    }
+
+    fn stale(&self, key: ParamKey) -> Error {
+        let why = if key.store != self.id {
+            format!(
+                "the key belongs to store #{}, not this store #{}",
+                key.store, self.id
+            )
+        } else {
+            "the parameter was removed from this store".to_string()
+        };
+        Error::new(
+            ErrorKind::StaleKey,
+            "ParamStore",
+            format!("stale parameter key: {why}"),
+        )
+    }
+
+    fn slot(&self, key: ParamKey) -> Result<Slot> {
+        if key.store == self.id && self.map.contains_key(key.slot) {
+            Ok(key.slot)
+        } else {
+            Err(self.stale(key))
+        }
+    }
+
+    /// The parameter behind `key`, or a [`ErrorKind::StaleKey`] error.
+    pub fn try_param(&self, key: ParamKey) -> Result<&Param<F>> {
+        Ok(&self.map[self.slot(key)?])
+    }
+
+    /// The value behind `key`, or a [`ErrorKind::StaleKey`] error.
+    ///
+    /// ```
+    /// use tapegrad::{ErrorKind, ParamStore, Tensor};
+    /// let mut a = ParamStore::<f64>::new();
+    /// let b = ParamStore::<f64>::new();
+    /// let w = a.insert("w", Tensor::zeros(&[1]));
+    /// assert!(a.try_get(w).is_ok());
+    /// assert_eq!(b.try_get(w).unwrap_err().kind(), ErrorKind::StaleKey);
+    /// ```
+    pub fn try_get(&self, key: ParamKey) -> Result<&Tensor<F>> {
+        Ok(&self.try_param(key)?.value)
+    }
+
+    /// The value behind `key`.
+    ///
+    /// # Panics
+    /// If the key is stale or foreign.
+    #[track_caller]
+    pub fn get(&self, key: ParamKey) -> &Tensor<F> {
+        crate::error::or_panic(self.try_get(key))
+    }
+
+    /// The value behind `key`, writable, or a [`ErrorKind::StaleKey`] error.
+    pub fn try_get_mut(&mut self, key: ParamKey) -> Result<&mut Tensor<F>> {
+        let slot = self.slot(key)?;
+        Ok(&mut self.map[slot].value)
+    }
+
+    /// The value behind `key`, writable.
+    ///
+    /// # Panics
+    /// If the key is stale or foreign.
+    #[track_caller]
+    pub fn get_mut(&mut self, key: ParamKey) -> &mut Tensor<F> {
+        crate::error::or_panic(self.try_get_mut(key))
+    }
+
+    /// The name of `key`'s parameter.
+    ///
+    /// # Panics
+    /// If the key is stale or foreign.
+    #[track_caller]
+    pub fn name(&self, key: ParamKey) -> &str {
+        &crate::error::or_panic(self.try_param(key)).name
+    }
+
+    /// The key of the parameter called `name`.
+    pub fn key(&self, name: &str) -> Option<ParamKey> {
+        self.by_name.get(name).map(|&slot| ParamKey {
+            store: self.id,
+            slot,
+        })
+    }
+
+    /// Removes a parameter; its key (and copies of it) become stale.
+    ///
+    /// ```
+    /// use tapegrad::{ParamStore, Tensor};
+    /// let mut s = ParamStore::<f64>::new();
+    /// let w = s.insert("w", Tensor::zeros(&[1]));
+    /// assert!(s.remove(w).is_some());
+    /// assert!(s.try_get(w).is_err());
+    /// ```
+    pub fn remove(&mut self, key: ParamKey) -> Option<Param<F>> {
+        let slot = self.slot(key).ok()?;
+        let p = self.map.remove(slot)?;
+        self.by_name.remove(&p.name);
+        Some(p)
+    }
+
+    /// Every parameter as (key, parameter), in insertion order while
+    /// nothing has been removed.
+    pub fn iter(&self) -> impl Iterator<Item = (ParamKey, &Param<F>)> + '_ {
+        let store = self.id;
+        self.map
+            .iter()
+            .map(move |(slot, p)| (ParamKey { store, slot }, p))
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> impl Iterator<Item = ParamKey> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// The number of parameters.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The total number of scalar elements over all parameters.
+    pub fn num_elements(&self) -> usize {
+        self.map.values().map(|p| p.value.numel()).sum()
+    }
+}

@@ -1,0 +1,62 @@
+//! [`Real`]: the element types a tensor can hold.
+//!
+//! Everything in tapegrad is generic over `F: Real`. `Real` is
+//! `num_traits::Float` plus the few things a tape needs (printing, thread
+//! safety, conversion from `f64`) and one hook, [`Real::gemm`], so that `f32`
+//! and `f64` run the optimised kernels of the `gemm` crate while any other
+//! `Float` type gets a plain, correct triple loop by implementing `Real` with
+//! an empty body.
+
+use crate::tensor::gemm::{self, MatMut, MatRef};
+use num_traits::{Float, FromPrimitive, ToPrimitive};
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+
+/// A floating-point element type: `f32`, `f64`, or any `num_traits::Float`
+/// that implements this trait (an empty `impl` uses the generic GEMM).
+///
+/// ```
+/// use tapegrad::Real;
+/// fn half<F: Real>(x: F) -> F { x * F::from_f64(0.5).unwrap() }
+/// assert_eq!(half(3.0f32), 1.5);
+/// assert_eq!(<f64 as Real>::NAME, "f64");
+/// ```
+pub trait Real:
+    Float + FromPrimitive + ToPrimitive + Debug + Display + Default + Sum + Send + Sync + 'static
+{
+    /// The dtype name used in listings and checkpoints (`"f32"`, `"f64"`).
+    const NAME: &'static str;
+
+    /// `c ← a·b` (or `c ← c + a·b` when `accumulate`), where `a` is m×k and
+    /// `b` is k×n, each read through its strides, and `c` is m×n row-major.
+    ///
+    /// The default is the plain generic fallback; `f32` and `f64` override it
+    /// with the `gemm` crate. Shapes and strides are already checked.
+    fn gemm(c: MatMut<'_, Self>, a: MatRef<'_, Self>, b: MatRef<'_, Self>, accumulate: bool) {
+        gemm::naive(c, a, b, accumulate)
+    }
+
+    /// Converts from `f64` (rounding for narrower types).
+    fn of(x: f64) -> Self {
+        Self::from_f64(x).expect("Real::of: value not representable")
+    }
+
+    /// Converts to `f64`.
+    fn to_f64_lossy(self) -> f64 {
+        self.to_f64().unwrap_or(f64::NAN)
+    }
+}
+
+impl Real for f32 {
+    const NAME: &'static str = "f32";
+    fn gemm(c: MatMut<'_, Self>, a: MatRef<'_, Self>, b: MatRef<'_, Self>, accumulate: bool) {
+        gemm::fast_f32(c, a, b, accumulate)
+    }
+}
+
+impl Real for f64 {
+    const NAME: &'static str = "f64";
+    fn gemm(c: MatMut<'_, Self>, a: MatRef<'_, Self>, b: MatRef<'_, Self>, accumulate: bool) {
+        gemm::fast_f64(c, a, b, accumulate)
+    }
+}

@@ -1,0 +1,240 @@
+//! The reverse sweep and the gradients it returns.
+//!
+//! One loop over the node list from the root down to 0 (index order is
+//! topological order, see the module docs of `tape`). Each node that holds
+//! a gradient hands it to its op's backward rule once per input that
+//! requires a gradient; the rule adds its contribution into that input's
+//! slot **in place** (the first contribution writes, the rest accumulate),
+//! which is how a weight used at every time step sums its gradient over t.
+//! A node's gradient buffer goes back to the pool as soon as the node is
+//! done, unless it is a leaf that requires a gradient or was marked with
+//! `retain_grad`.
+//!
+//! Why dense gradients: slots are a `Vec` indexed by node id, so finding an
+//! input's slot is an index, not a hash lookup. Nodes that do not require a
+//! gradient never get a slot (requires-grad pruning), and nodes the root
+//! does not depend on never receive one, so they cost nothing either.
+
+use super::{check_finite, NodeId, Tape, Var};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ops::{BackwardCtx, GradSlot, Op};
+use crate::params::ParamKey;
+use crate::tensor::Tensor;
+use crate::Real;
+use smallvec::SmallVec;
+
+/// The gradients from one backward pass, keyed by var and by parameter.
+///
+/// ```
+/// use tapegrad::{Tape, Tensor};
+/// let tape = Tape::<f64>::new();
+/// let a = tape.var(Tensor::scalar(2.0));
+/// let b = tape.var(Tensor::scalar(5.0));
+/// let g = (a * b).backward();
+/// assert_eq!((g.wrt(a).item(), g.wrt(b).item()), (5.0, 2.0));
+/// ```
+#[derive(Debug)]
+pub struct Grads<F: Real> {
+    tape_id: u64,
+    generation: u64,
+    slots: Vec<Option<Tensor<F>>>,
+    params: Vec<(ParamKey, NodeId)>,
+}
+
+impl<F: Real> Grads<F> {
+    /// The gradient of the root with respect to `v`, if backward kept one:
+    /// every leaf that requires a gradient and every var marked with
+    /// `retain_grad` has one (zeros if the root does not depend on it).
+    ///
+    /// # Errors
+    /// [`ErrorKind::ForeignTape`] if `v` is from another tape or a later
+    /// use of this one; [`ErrorKind::NoGradient`] if `v` did not ask for
+    /// its gradient or was recorded after the root.
+    pub fn try_wrt(&self, v: Var<'_, F>) -> Result<&Tensor<F>> {
+        let tape = v.tape();
+        if tape.id() != self.tape_id || tape.generation() != self.generation {
+            return Err(Error::new(
+                ErrorKind::ForeignTape,
+                "grads",
+                format!(
+                    "var #{} is from tape #{} (use {}), these gradients from tape #{} (use {})",
+                    v.id(),
+                    tape.id(),
+                    tape.generation(),
+                    self.tape_id,
+                    self.generation
+                ),
+            ));
+        }
+        self.slots
+            .get(v.id() as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NoGradient,
+                    "grads",
+                    format!(
+                        "var #{} ({}) has no gradient: only leaves that require one and vars marked \
+                         with retain_grad() before backward (and recorded before the root) keep theirs",
+                        v.id(),
+                        tape.inner.borrow().nodes[v.id() as usize].op.name()
+                    ),
+                )
+                .with_label(Some(v.label()))
+            })
+    }
+
+    /// The gradient with respect to `v`.
+    ///
+    /// # Panics
+    /// As [`Grads::try_wrt`] errs.
+    #[track_caller]
+    pub fn wrt(&self, v: Var<'_, F>) -> &Tensor<F> {
+        crate::error::or_panic(self.try_wrt(v))
+    }
+
+    /// The gradient of a bound parameter, or `None` if `key` was not bound
+    /// on the tape before backward.
+    ///
+    /// ```
+    /// use tapegrad::{ParamStore, Tape, Tensor};
+    /// let mut store = ParamStore::<f64>::new();
+    /// let w = store.insert("w", Tensor::scalar(3.0));
+    /// let tape = Tape::new();
+    /// let g = tape.param(&store, w).powf(2.0).backward();
+    /// assert_eq!(g.param(w).unwrap().item(), 6.0);
+    /// ```
+    pub fn param(&self, key: ParamKey) -> Option<&Tensor<F>> {
+        self.params
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|&(_, id)| self.slots[id as usize].as_ref())
+    }
+
+    /// Every bound parameter with its gradient, in binding order.
+    pub fn params(&self) -> impl Iterator<Item = (ParamKey, &Tensor<F>)> + '_ {
+        self.params
+            .iter()
+            .filter_map(|&(k, id)| self.slots[id as usize].as_ref().map(|g| (k, g)))
+    }
+
+    /// Global L2 norm over all parameter gradients (f64 accumulation).
+    pub fn params_norm(&self) -> f64 {
+        self.params()
+            .map(|(_, g)| g.norm().powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    pub(crate) fn into_buffers(self) -> impl Iterator<Item = Vec<F>> {
+        self.slots.into_iter().flatten().map(Tensor::into_vec)
+    }
+}
+
+impl<F: Real> Tape<F> {
+    /// The reverse sweep from node `root`, seeded with ones or `seed`.
+    pub(crate) fn backward_from(&self, root: NodeId, seed: Option<Tensor<F>>) -> Result<Grads<F>> {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let nodes = &inner.nodes;
+        let pool = &mut inner.pool;
+        let root = root as usize;
+        let mut slots: Vec<Option<Vec<F>>> = Vec::with_capacity(root + 1);
+        slots.resize_with(root + 1, || None);
+
+        if nodes[root].requires_grad {
+            slots[root] = Some(match seed {
+                Some(s) => s.into_vec(),
+                None => {
+                    let mut b = pool.take(1, "backward")?;
+                    b[0] = F::one();
+                    b
+                }
+            });
+        }
+
+        for i in (0..=root).rev() {
+            let node = &nodes[i];
+            let Some(gy) = slots[i].take() else { continue };
+            if !node.inputs.is_empty() {
+                let gy_t = Tensor::from_parts(node.value.shape().into(), gy);
+                let x: SmallVec<[&Tensor<F>; 4]> = node
+                    .inputs
+                    .iter()
+                    .map(|&j| &nodes[j as usize].value)
+                    .collect();
+                let ctx = BackwardCtx {
+                    x: &x,
+                    y: &node.value,
+                    gy: &gy_t,
+                };
+                for (k, &j) in node.inputs.iter().enumerate() {
+                    let j = j as usize;
+                    if !nodes[j].requires_grad {
+                        continue;
+                    }
+                    let fresh = slots[j].is_none();
+                    if fresh {
+                        slots[j] = Some(pool.take(nodes[j].value.numel(), "backward")?);
+                    }
+                    let data = slots[j].as_mut().expect("slot was just filled");
+                    node.op.backward(k, &ctx, GradSlot { data, fresh });
+                }
+                if inner.anomaly {
+                    for &j in &node.inputs {
+                        if let Some(g) = &slots[j as usize] {
+                            let t = Tensor::from_parts(
+                                nodes[j as usize].value.shape().into(),
+                                g.clone(),
+                            );
+                            check_finite(&t, "backward", &node.op, &inner.scopes.path(node.label))?;
+                        }
+                    }
+                }
+                let gy = gy_t.into_vec();
+                if node.retain {
+                    slots[i] = Some(gy);
+                } else {
+                    pool.give(gy);
+                }
+            } else {
+                // A leaf: keep its gradient.
+                slots[i] = Some(gy);
+            }
+        }
+
+        // Leaves that require a gradient and retained vars the root does not
+        // depend on get zeros, so `wrt` answers for every var that asked.
+        let mut out: Vec<Option<Tensor<F>>> = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.into_iter().enumerate() {
+            let node = &nodes[i];
+            let wanted = node.retain || (node.inputs.is_empty() && node.requires_grad);
+            out.push(match (slot, wanted) {
+                (Some(g), true) => Some(Tensor::from_parts(node.value.shape().into(), g)),
+                (None, true) => Some(Tensor::from_parts(
+                    node.value.shape().into(),
+                    pool.zeroed(node.value.numel(), "backward")?,
+                )),
+                (Some(g), false) => {
+                    pool.give(g);
+                    None
+                }
+                (None, false) => None,
+            });
+        }
+        let params = nodes[..=root]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match n.op {
+                Op::Param(k) => Some((k, i as NodeId)),
+                _ => None,
+            })
+            .collect();
+        Ok(Grads {
+            tape_id: self.id(),
+            generation: self.generation(),
+            slots: out,
+            params,
+        })
+    }
+}

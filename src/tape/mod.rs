@@ -1,0 +1,492 @@
+//! The tape: an append-only list of nodes, one per recorded operation.
+//!
+//! Invariant: a node's index is its push order, and every input of a node
+//! was pushed before it, so **index order is a topological order** of the
+//! graph. Backward is therefore one reverse loop over the list
+//! ([`backward`]); nothing is sorted and nothing recurses, so a graph of a
+//! million nodes needs no more stack than a graph of three.
+//!
+//! A node holds its op (a closed enum, printable, see [`crate::ops`]), the
+//! ids of its inputs, and its value. Backward rules read the values of a
+//! node's inputs and output from the tape itself, so an op saves nothing
+//! beyond the few extras only it has (a dropout mask, class targets).
+//!
+//! Why a `RefCell`: [`Var`] is a `Copy` handle — a reference to its tape plus
+//! an index — so that formulas read like math (`(x.matmul(&u) + b).tanh()`).
+//! Many handles share the tape, so recording goes through interior
+//! mutability; borrows last for one op and never escape. [`Tape::reset`]
+//! takes `&mut self`, so the borrow checker guarantees that no handle
+//! survives a reset. All buffers (values and gradients) come from a
+//! [`pool::Pool`] that a reset refills, so a training loop that replays the
+//! same shapes allocates nothing after its first step.
+
+pub(crate) mod backward;
+mod graph;
+pub(crate) mod pool;
+pub(crate) mod scope;
+mod var;
+
+pub use backward::Grads;
+pub use var::Var;
+
+use crate::error::{or_panic, Error, ErrorKind, Result};
+use crate::ops::Op;
+use crate::params::{ParamKey, ParamStore};
+use crate::tensor::{Shape, Tensor};
+use crate::Real;
+use pool::Pool;
+use scope::Scopes;
+use smallvec::SmallVec;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Node index on a tape.
+pub(crate) type NodeId = u32;
+
+/// Input ids of a node: two inline, more (concat) on the heap.
+pub(crate) type Inputs = SmallVec<[NodeId; 2]>;
+
+/// One recorded operation.
+pub(crate) struct Node<F> {
+    pub(crate) op: Op<F>,
+    pub(crate) inputs: Inputs,
+    pub(crate) value: Tensor<F>,
+    /// Some input (transitively) requires a gradient; otherwise backward
+    /// skips this node entirely (requires-grad pruning).
+    pub(crate) requires_grad: bool,
+    /// Keep this node's gradient after backward (leaves that require
+    /// gradients always keep theirs).
+    pub(crate) retain: bool,
+    /// Scope frame open when the node was recorded.
+    pub(crate) label: u32,
+}
+
+/// Everything behind the tape's `RefCell`.
+pub(crate) struct Inner<F> {
+    pub(crate) nodes: Vec<Node<F>>,
+    pub(crate) pool: Pool<F>,
+    pub(crate) scopes: Scopes,
+    /// Parameters bound on this tape, so a parameter used at every time step
+    /// is one leaf.
+    pub(crate) bound: HashMap<ParamKey, NodeId>,
+    /// Check every value and gradient for NaN/Inf as it is produced.
+    pub(crate) anomaly: bool,
+}
+
+/// A tape that records operations on [`Var`]s and differentiates them.
+///
+/// ```
+/// use tapegrad::{Tape, Tensor};
+/// let tape = Tape::<f64>::new();
+/// let x = tape.var(Tensor::scalar(3.0));   // a leaf that wants its gradient
+/// let y = &x * &x + x * 2.0;               // y = x² + 2x
+/// let grads = y.backward();
+/// assert_eq!(grads.wrt(x).item(), 8.0);    // dy/dx = 2x + 2
+/// ```
+pub struct Tape<F: Real> {
+    id: u64,
+    generation: std::cell::Cell<u64>,
+    pub(crate) inner: RefCell<Inner<F>>,
+}
+
+static NEXT_TAPE_ID: AtomicU64 = AtomicU64::new(1);
+
+impl<F: Real> Default for Tape<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Real> Tape<F> {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Tape {
+            id: NEXT_TAPE_ID.fetch_add(1, Ordering::Relaxed),
+            generation: std::cell::Cell::new(0),
+            inner: RefCell::new(Inner {
+                nodes: Vec::new(),
+                pool: Pool::default(),
+                scopes: Scopes::default(),
+                bound: HashMap::new(),
+                anomaly: false,
+            }),
+        }
+    }
+
+    /// A process-unique id of this tape.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How many times this tape has been reset.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    /// The number of recorded nodes.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let _ = tape.constant(tapegrad::Tensor::zeros(&[2]));
+    /// assert_eq!(tape.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.inner.borrow().nodes.len()
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every node, keeping their buffers for reuse: the next step
+    /// that records the same shapes allocates nothing. Taking `&mut self`
+    /// means no [`Var`] of the old graph can still exist.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let mut tape = Tape::<f32>::new();
+    /// for _ in 0..3 {
+    ///     let x = tape.var(Tensor::ones(&[4]));
+    ///     let _g = x.tanh().sum().backward();
+    ///     tape.reset();
+    /// }
+    /// assert!(tape.is_empty());
+    /// ```
+    pub fn reset(&mut self) {
+        let inner = self.inner.get_mut();
+        for node in inner.nodes.drain(..) {
+            inner.pool.give(node.value.into_vec());
+            node.op.recycle(&mut inner.pool);
+        }
+        inner.scopes.clear();
+        inner.bound.clear();
+        self.generation.set(self.generation.get() + 1);
+    }
+
+    /// Resets the tape and also takes back the gradient buffers of `grads`.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let mut tape = Tape::<f32>::new();
+    /// let g = tape.var(Tensor::ones(&[4])).sum().backward();
+    /// tape.reset_with(g);
+    /// ```
+    pub fn reset_with(&mut self, grads: Grads<F>) {
+        for buf in grads.into_buffers() {
+            self.inner.get_mut().pool.give(buf);
+        }
+        self.reset();
+    }
+
+    /// Frees the pooled buffers too (the tape keeps nothing allocated).
+    pub fn shrink(&mut self) {
+        self.reset();
+        self.inner.get_mut().pool.clear();
+    }
+
+    /// Elements currently held by the tape: node values plus pooled buffers.
+    pub fn held_elements(&self) -> usize {
+        let inner = self.inner.borrow();
+        inner.nodes.iter().map(|n| n.value.numel()).sum::<usize>() + inner.pool.held()
+    }
+
+    /// Turns anomaly checking on or off: when on, the first op whose value
+    /// (forward) or gradient (backward) contains NaN or ±∞ panics with a
+    /// message naming it and its label (`try_backward` returns the error).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// tape.set_anomaly_detection(true);
+    /// let x = tape.var(Tensor::scalar(-1.0));
+    /// let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| x.sqrt()));
+    /// assert!(r.is_err());
+    /// ```
+    pub fn set_anomaly_detection(&self, on: bool) {
+        self.inner.borrow_mut().anomaly = on;
+    }
+
+    // ----- leaves ---------------------------------------------------------
+
+    fn push_leaf(&self, op: Op<F>, value: Tensor<F>, requires_grad: bool) -> Var<'_, F> {
+        let mut inner = self.inner.borrow_mut();
+        let label = inner.scopes.current;
+        let id = inner.nodes.len() as NodeId;
+        inner.nodes.push(Node {
+            op,
+            inputs: Inputs::new(),
+            value,
+            requires_grad,
+            retain: false,
+            label,
+        });
+        Var::new(self, id)
+    }
+
+    /// A leaf that requires its gradient (an input you differentiate with
+    /// respect to).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(2.0));
+    /// assert_eq!(x.exp().backward().wrt(x).item(), 2f64.exp());
+    /// ```
+    pub fn var(&self, value: Tensor<F>) -> Var<'_, F> {
+        self.push_leaf(Op::Leaf, value, true)
+    }
+
+    /// A leaf that does not require a gradient: data, targets, masks.
+    /// Nothing is computed for it in backward.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.constant(tapegrad::Tensor::ones(&[2]));
+    /// assert!(!x.requires_grad());
+    /// ```
+    pub fn constant(&self, value: Tensor<F>) -> Var<'_, F> {
+        self.push_leaf(Op::Leaf, value, false)
+    }
+
+    /// A constant copied from a slice into a pooled buffer (no allocation
+    /// after the first training step).
+    ///
+    /// # Panics
+    /// If `data.len()` does not match `shape`.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.constant_from_slice(&[1.0, 2.0], &[1, 2]);
+    /// assert_eq!(x.shape().as_slice(), &[1, 2]);
+    /// ```
+    #[track_caller]
+    pub fn constant_from_slice(&self, data: &[F], shape: &[usize]) -> Var<'_, F> {
+        let value = {
+            let mut inner = self.inner.borrow_mut();
+            let n = or_panic(crate::tensor::numel(shape));
+            if n != data.len() {
+                or_panic::<()>(Err(Error::shape(
+                    "constant_from_slice",
+                    format!("{} elements do not fill {shape:?}", data.len()),
+                )));
+            }
+            let mut buf = or_panic(inner.pool.take(n, "constant_from_slice"));
+            buf.copy_from_slice(data);
+            Tensor::from_parts(shape.into(), buf)
+        };
+        self.constant(value)
+    }
+
+    /// A scalar constant.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// assert_eq!(tape.scalar(2.0).item(), 2.0);
+    /// ```
+    pub fn scalar(&self, value: F) -> Var<'_, F> {
+        self.constant(Tensor::scalar(value))
+    }
+
+    /// Binds parameter `key` of `store` as a leaf that requires its
+    /// gradient. Binding the same key twice on one tape returns the same
+    /// var, so a weight used at every time step is one leaf whose gradient
+    /// sums over the steps.
+    ///
+    /// # Panics
+    /// If `key` is not in `store`; see [`Tape::try_param`].
+    ///
+    /// ```
+    /// use tapegrad::{ParamStore, Tape, Tensor};
+    /// let mut store = ParamStore::<f32>::new();
+    /// let w = store.insert("w", Tensor::ones(&[2]));
+    /// let tape = Tape::new();
+    /// let wv = tape.param(&store, w);
+    /// let g = (wv * 3.0).sum().backward();
+    /// assert_eq!(g.param(w).unwrap().data(), &[3.0, 3.0]);
+    /// ```
+    #[track_caller]
+    pub fn param(&self, store: &ParamStore<F>, key: ParamKey) -> Var<'_, F> {
+        or_panic(self.try_param(store, key))
+    }
+
+    /// [`Tape::param`] returning an error for a key the store does not hold.
+    ///
+    /// ```
+    /// use tapegrad::{ErrorKind, ParamStore, Tape, Tensor};
+    /// let mut store = ParamStore::<f32>::new();
+    /// let w = store.insert("w", Tensor::ones(&[2]));
+    /// store.remove(w);
+    /// let tape = Tape::new();
+    /// assert_eq!(tape.try_param(&store, w).unwrap_err().kind(), ErrorKind::StaleKey);
+    /// ```
+    pub fn try_param(&self, store: &ParamStore<F>, key: ParamKey) -> Result<Var<'_, F>> {
+        if let Some(&id) = self.inner.borrow().bound.get(&key) {
+            return Ok(Var::new(self, id));
+        }
+        let src = store.try_get(key)?;
+        let value = {
+            let mut inner = self.inner.borrow_mut();
+            let mut buf = inner.pool.take(src.numel(), "param")?;
+            buf.copy_from_slice(src.data());
+            Tensor::from_parts(src.shape().into(), buf)
+        };
+        let v = self.push_leaf(Op::Param(key), value, true);
+        self.inner.borrow_mut().bound.insert(key, v.id());
+        Ok(v)
+    }
+
+    // ----- scopes ---------------------------------------------------------
+
+    /// Opens a label scope; nodes recorded while the guard lives carry the
+    /// path of all open scopes (`"lstm.l0/t=3/gates"`).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let y = {
+    ///     let _s = tape.scope("rnn");
+    ///     let _t = tape.scope_at("t", 1);
+    ///     tape.var(tapegrad::Tensor::zeros(&[1])).tanh()
+    /// };
+    /// assert_eq!(y.label(), "rnn/t=1");
+    /// ```
+    pub fn scope(&self, name: impl Into<Cow<'static, str>>) -> ScopeGuard<'_, F> {
+        let prev = self.inner.borrow_mut().scopes.push_name(name.into());
+        ScopeGuard { tape: self, prev }
+    }
+
+    /// Opens a scope named `name=index` (formatted only when printed, so
+    /// labelling every time step is cheap).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let _s = tape.scope_at("t", 37);
+    /// assert_eq!(tape.constant(tapegrad::Tensor::zeros(&[1])).label(), "t=37");
+    /// ```
+    pub fn scope_at(&self, name: &'static str, index: usize) -> ScopeGuard<'_, F> {
+        let prev = self.inner.borrow_mut().scopes.push_indexed(name, index);
+        ScopeGuard { tape: self, prev }
+    }
+
+    // ----- recording ------------------------------------------------------
+
+    /// Records one operation: checks that all inputs live on this tape,
+    /// runs `forward` on their values (it returns the op with anything it
+    /// saves, and the output value), and pushes the node. A forward error
+    /// becomes a panic naming the op and the current label.
+    #[track_caller]
+    pub(crate) fn record<'t>(
+        &'t self,
+        op_name: &str,
+        inputs: &[Var<'t, F>],
+        forward: impl FnOnce(&[&Tensor<F>], &mut Pool<F>) -> Result<(Op<F>, Tensor<F>)>,
+    ) -> Var<'t, F> {
+        or_panic(self.try_record(op_name, inputs, forward))
+    }
+
+    /// The `Result` form of [`Tape::record`].
+    pub(crate) fn try_record<'t>(
+        &'t self,
+        op_name: &str,
+        inputs: &[Var<'t, F>],
+        forward: impl FnOnce(&[&Tensor<F>], &mut Pool<F>) -> Result<(Op<F>, Tensor<F>)>,
+    ) -> Result<Var<'t, F>> {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let label = inner.scopes.current;
+        for v in inputs {
+            if !v.is_on(self) {
+                return Err(Error::new(
+                    ErrorKind::ForeignTape,
+                    op_name,
+                    format!(
+                        "operand {} belongs to tape #{}, but the op is recorded on tape #{}",
+                        v.id(),
+                        v.tape().id(),
+                        self.id
+                    ),
+                )
+                .with_label(Some(inner.scopes.path(label))));
+            }
+        }
+        let ids: Inputs = inputs.iter().map(|v| v.id()).collect();
+        let values: SmallVec<[&Tensor<F>; 4]> = ids
+            .iter()
+            .map(|&i| &inner.nodes[i as usize].value)
+            .collect();
+        let requires_grad = ids.iter().any(|&i| inner.nodes[i as usize].requires_grad);
+        let result = forward(&values, &mut inner.pool);
+        drop(values);
+        let (op, value) = result.map_err(|e| e.with_label(Some(inner.scopes.path(label))))?;
+        if inner.anomaly {
+            check_finite(&value, "forward", &op, &inner.scopes.path(label))?;
+        }
+        let id = inner.nodes.len() as NodeId;
+        inner.nodes.push(Node {
+            op,
+            inputs: ids,
+            value,
+            requires_grad,
+            retain: false,
+            label,
+        });
+        Ok(Var::new(self, id))
+    }
+
+    /// Runs `f` with the value of node `id`.
+    pub(crate) fn with_value<R>(&self, id: NodeId, f: impl FnOnce(&Tensor<F>) -> R) -> R {
+        f(&self.inner.borrow().nodes[id as usize].value)
+    }
+
+    /// The label path of node `id`.
+    pub(crate) fn label_of(&self, id: NodeId) -> String {
+        let inner = self.inner.borrow();
+        inner.scopes.path(inner.nodes[id as usize].label)
+    }
+}
+
+/// An error if `value` holds NaN or ±∞ (anomaly mode).
+pub(crate) fn check_finite<F: Real>(
+    value: &Tensor<F>,
+    pass: &str,
+    op: &Op<F>,
+    label: &str,
+) -> Result<()> {
+    if let Some(pos) = value.data().iter().position(|x| !x.is_finite()) {
+        return Err(Error::new(
+            ErrorKind::NonFinite,
+            op.name(),
+            format!(
+                "{pass} produced {} at flat index {pos} of a {:?} {}",
+                value.data()[pos],
+                value.shape(),
+                if pass == "forward" {
+                    "value"
+                } else {
+                    "gradient"
+                }
+            ),
+        )
+        .with_label(Some(label.to_string())));
+    }
+    Ok(())
+}
+
+/// Closes a label scope when dropped (see [`Tape::scope`]).
+#[must_use = "the scope closes when this guard is dropped"]
+pub struct ScopeGuard<'t, F: Real> {
+    tape: &'t Tape<F>,
+    prev: u32,
+}
+
+impl<F: Real> Drop for ScopeGuard<'_, F> {
+    fn drop(&mut self) {
+        self.tape.inner.borrow_mut().scopes.current = self.prev;
+    }
+}
+
+/// Shape helper shared by tape code: the shape of a var's value.
+pub(crate) fn shape_of<F: Real>(t: &Tensor<F>) -> Shape {
+    t.shape().into()
+}

@@ -1,0 +1,260 @@
+//! Matrix multiplication: strided matrix views, the `gemm`-crate kernels for
+//! `f32`/`f64`, the generic fallback, and the thread policy.
+//!
+//! This is the only module with `unsafe` code. The `gemm` crate (chosen over
+//! `matrixmultiply` by measurement, see `docs/design.md`; both expose only a
+//! raw-pointer API) is called through [`fast_f32`]/[`fast_f64`], which first
+//! check, in safe code, that every index the kernel can touch lies inside
+//! the borrowed slices. Transposes are strides: `aᵀ` is the same slice with
+//! row and column strides swapped, so backward never materialises one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A read-only m×n matrix view: element (i, j) is `data[i*rs + j*cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, F> {
+    /// The backing slice.
+    pub data: &'a [F],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+/// A writable row-major m×n matrix (row stride `cols`, column stride 1).
+#[derive(Debug)]
+pub struct MatMut<'a, F> {
+    /// The backing slice, exactly `rows * cols` long.
+    pub data: &'a mut [F],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+}
+
+impl<'a, F> MatRef<'a, F> {
+    /// A row-major view of `data` as `rows × cols`.
+    pub fn row_major(data: &'a [F], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose, as a view (strides swapped; no copy).
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// Whether every index the view can address lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let last = (self.rows - 1)
+            .checked_mul(self.rs)
+            .and_then(|r| (self.cols - 1).checked_mul(self.cs).map(|c| (r, c)))
+            .and_then(|(r, c)| r.checked_add(c));
+        matches!(last, Some(i) if i < self.data.len())
+    }
+}
+
+impl<'a, F> MatMut<'a, F> {
+    /// A row-major view of `data` as `rows × cols`.
+    pub fn row_major(data: &'a mut [F], rows: usize, cols: usize) -> Self {
+        MatMut { data, rows, cols }
+    }
+}
+
+/// Checks the operand shapes of `c = a·b`; panics on a caller bug (the
+/// public ops check shapes with proper messages before getting here).
+fn check<F>(c: &MatMut<'_, F>, a: &MatRef<'_, F>, b: &MatRef<'_, F>) {
+    assert!(
+        a.rows == c.rows && b.cols == c.cols && a.cols == b.rows,
+        "gemm: [{}×{}]·[{}×{}] into [{}×{}]",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        c.rows,
+        c.cols
+    );
+    assert!(
+        a.in_bounds() && b.in_bounds() && c.data.len() == c.rows * c.cols,
+        "gemm: a view reaches outside its slice"
+    );
+}
+
+static MAX_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many threads a large GEMM may use (1 = always single-threaded).
+/// The default is the machine's available parallelism.
+///
+/// ```
+/// tapegrad::set_num_threads(1);
+/// assert_eq!(tapegrad::num_threads(), 1);
+/// tapegrad::set_num_threads(0); // back to the default
+/// ```
+pub fn set_num_threads(n: usize) {
+    MAX_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// The number of threads a large GEMM may use (see [`set_num_threads`]).
+pub fn num_threads() -> usize {
+    match MAX_THREADS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Below this many multiply-adds a GEMM runs on one thread: handing work to
+/// a pool costs more than it saves (docs/performance.md has the measurements).
+const PARALLEL_MIN_MACS: usize = 1 << 19;
+
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    let threads = num_threads();
+    if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+macro_rules! fast {
+    ($name:ident, $t:ty) => {
+        /// `c ← a·b` or `c ← c + a·b` with the `gemm` crate's kernels.
+        pub fn $name(c: MatMut<'_, $t>, a: MatRef<'_, $t>, b: MatRef<'_, $t>, accumulate: bool) {
+            check(&c, &a, &b);
+            let (m, n, k) = (c.rows, c.cols, a.cols);
+            if m == 0 || n == 0 {
+                return;
+            }
+            if k == 0 {
+                if !accumulate {
+                    c.data.fill(0.0);
+                }
+                return;
+            }
+            // SAFETY: `check` proved that every index (i*rs + j*cs) the kernel
+            // reads from `a` and `b` is inside those slices and that `c` holds
+            // exactly m×n elements with row stride n; `c` is borrowed mutably
+            // and cannot overlap `a` or `b`. The strides fit in isize because
+            // the slices they index exist.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c.data.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    accumulate,
+                    a.data.as_ptr(),
+                    a.cs as isize,
+                    a.rs as isize,
+                    b.data.as_ptr(),
+                    b.cs as isize,
+                    b.rs as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism(m, n, k),
+                );
+            }
+        }
+    };
+}
+
+fast!(fast_f32, f32);
+fast!(fast_f64, f64);
+
+/// The generic fallback: a plain i-k-j loop, correct for any `Float`.
+pub fn naive<F: num_traits::Float>(
+    c: MatMut<'_, F>,
+    a: MatRef<'_, F>,
+    b: MatRef<'_, F>,
+    accumulate: bool,
+) {
+    check(&c, &a, &b);
+    let n = c.cols;
+    if !accumulate {
+        c.data.fill(F::zero());
+    }
+    for i in 0..c.rows {
+        let row = &mut c.data[i * n..(i + 1) * n];
+        for p in 0..a.cols {
+            let aip = a.data[i * a.rs + p * a.cs];
+            for (j, cij) in row.iter_mut().enumerate() {
+                *cij = *cij + aip * b.data[p * b.rs + j * b.cs];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_matches_naive_with_transposes() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+        let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        for &acc in &[false, true] {
+            let mut c1 = vec![1.0; m * n];
+            let mut c2 = vec![1.0; m * n];
+            naive(
+                MatMut::row_major(&mut c1, m, n),
+                MatRef::row_major(&a, m, k),
+                MatRef::row_major(&b, k, n),
+                acc,
+            );
+            fast_f64(
+                MatMut::row_major(&mut c2, m, n),
+                MatRef::row_major(&at, k, m).t(),
+                MatRef::row_major(&b, k, n),
+                acc,
+            );
+            for (x, y) in c1.iter().zip(&c2) {
+                assert!((x - y).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside its slice")]
+    fn out_of_bounds_view_is_refused() {
+        let a = [0.0f32; 5];
+        let b = [0.0f32; 4];
+        let mut c = [0.0f32; 4];
+        fast_f32(
+            MatMut::row_major(&mut c, 2, 2),
+            MatRef::row_major(&a, 2, 2).t().t().t().t(), // fine
+            MatRef {
+                data: &b,
+                rows: 2,
+                cols: 2,
+                rs: 3,
+                cs: 1,
+            },
+            false,
+        );
+    }
+}

@@ -1,0 +1,357 @@
+//! [`Tensor<F>`]: a dense, row-major, owned array of any rank — the values
+//! that flow through a tape.
+//!
+//! A tensor is a shape (a `SmallVec`, so ranks up to 4 never allocate) and a
+//! contiguous `Vec<F>`. There are no views or strides here: the tape keeps
+//! each node's value as one contiguous block, and the kernels that want a
+//! transposed operand get it through [`gemm::MatRef`] strides instead.
+
+pub mod gemm;
+#[cfg(feature = "ndarray")]
+mod ndarray_conv;
+mod random;
+
+pub use random::{rng, SeededRng};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::Real;
+use smallvec::SmallVec;
+use std::fmt;
+
+/// A tensor shape: dimension sizes, outermost first. Ranks up to 4 are
+/// stored inline.
+pub type Shape = SmallVec<[usize; 4]>;
+
+/// The number of elements of `shape`, or a [`ErrorKind::Size`] error if the
+/// product overflows `usize`.
+///
+/// ```
+/// assert_eq!(tapegrad::tensor::numel(&[2, 3, 4]).unwrap(), 24);
+/// assert!(tapegrad::tensor::numel(&[usize::MAX, 2]).is_err());
+/// ```
+pub fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Size,
+                "shape",
+                format!("the element count of {shape:?} overflows usize"),
+            )
+        })
+}
+
+/// Allocates `n` elements equal to `value`, with a [`ErrorKind::Size`] error
+/// instead of an abort when the allocation cannot be had.
+pub(crate) fn try_alloc<F: Copy>(n: usize, value: F, op: &str) -> Result<Vec<F>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::new(
+            ErrorKind::Size,
+            op,
+            format!(
+                "cannot allocate {n} elements ({} bytes)",
+                n.saturating_mul(std::mem::size_of::<F>())
+            ),
+        )
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// A dense row-major array of `F`.
+///
+/// ```
+/// use tapegrad::Tensor;
+/// let t = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+/// assert_eq!(t.shape(), &[2, 3]);
+/// assert_eq!(t.at(&[1, 0]), 4.0);
+/// assert_eq!(t.data().iter().sum::<f64>(), 21.0);
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct Tensor<F> {
+    shape: Shape,
+    data: Vec<F>,
+}
+
+impl<F: Real> Tensor<F> {
+    /// A tensor of `shape` filled with `value`.
+    ///
+    /// # Panics
+    /// If the element count overflows or cannot be allocated; see
+    /// [`Tensor::try_full`].
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::full(&[2, 2], 7.0f32);
+    /// assert_eq!(t.data(), &[7.0; 4]);
+    /// ```
+    #[track_caller]
+    pub fn full(shape: &[usize], value: F) -> Self {
+        crate::error::or_panic(Self::try_full(shape, value))
+    }
+
+    /// A tensor of `shape` filled with `value`, or a [`ErrorKind::Size`]
+    /// error for an overflowing or unallocatable shape.
+    ///
+    /// ```
+    /// use tapegrad::{ErrorKind, Tensor};
+    /// let e = Tensor::try_full(&[1 << 40, 1 << 30], 0.0f32).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Size);
+    /// ```
+    pub fn try_full(shape: &[usize], value: F) -> Result<Self> {
+        let n = numel(shape)?;
+        Ok(Tensor {
+            shape: shape.into(),
+            data: try_alloc(n, value, "tensor")?,
+        })
+    }
+
+    /// A tensor of zeros.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f64>::zeros(&[3]).data(), &[0.0; 3]);
+    /// ```
+    #[track_caller]
+    pub fn zeros(shape: &[usize]) -> Self {
+        Self::full(shape, F::zero())
+    }
+
+    /// A tensor of ones.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f64>::ones(&[2]).data(), &[1.0, 1.0]);
+    /// ```
+    #[track_caller]
+    pub fn ones(shape: &[usize]) -> Self {
+        Self::full(shape, F::one())
+    }
+
+    /// A rank-0 tensor holding `value`.
+    ///
+    /// ```
+    /// let s = tapegrad::Tensor::scalar(2.5f32);
+    /// assert_eq!((s.rank(), s.item()), (0, 2.5));
+    /// ```
+    pub fn scalar(value: F) -> Self {
+        Tensor {
+            shape: Shape::new(),
+            data: vec![value],
+        }
+    }
+
+    /// Wraps `data` as a tensor of `shape`; an error if the lengths differ.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::from_vec(vec![1.0f32, 2.0], &[2, 1]).unwrap();
+    /// assert_eq!(t.shape(), &[2, 1]);
+    /// assert!(tapegrad::Tensor::from_vec(vec![1.0f32], &[2]).is_err());
+    /// ```
+    pub fn from_vec(data: Vec<F>, shape: &[usize]) -> Result<Self> {
+        let n = numel(shape)?;
+        if n != data.len() {
+            return Err(Error::shape(
+                "Tensor::from_vec",
+                format!(
+                    "{} elements do not fill shape {shape:?} ({n} elements)",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(Tensor {
+            shape: shape.into(),
+            data,
+        })
+    }
+
+    /// Copies `data` into a new tensor of `shape`.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::from_slice(&[1.0f64, 2.0, 3.0], &[3]).unwrap();
+    /// assert_eq!(t.numel(), 3);
+    /// ```
+    pub fn from_slice(data: &[F], shape: &[usize]) -> Result<Self> {
+        Self::from_vec(data.to_vec(), shape)
+    }
+
+    /// Converts `f64` data (rounding for `f32`).
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f32>::from_f64(&[0.5, 1.5], &[2]).unwrap();
+    /// assert_eq!(t.data(), &[0.5f32, 1.5]);
+    /// ```
+    pub fn from_f64(data: &[f64], shape: &[usize]) -> Result<Self> {
+        Self::from_vec(data.iter().map(|&x| F::of(x)).collect(), shape)
+    }
+
+    /// Builds a tensor from a function of the flat index.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f64>::from_fn(&[2, 2], |i| i as f64);
+    /// assert_eq!(t.data(), &[0.0, 1.0, 2.0, 3.0]);
+    /// ```
+    #[track_caller]
+    pub fn from_fn(shape: &[usize], f: impl FnMut(usize) -> F) -> Self {
+        let n = crate::error::or_panic(numel(shape));
+        Tensor {
+            shape: shape.into(),
+            data: (0..n).map(f).collect(),
+        }
+    }
+
+    /// Internal constructor for callers that already hold a matching buffer.
+    pub(crate) fn from_parts(shape: Shape, data: Vec<F>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor { shape, data }
+    }
+
+    /// The shape, outermost dimension first.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The elements, row-major.
+    pub fn data(&self) -> &[F] {
+        &self.data
+    }
+
+    /// The elements, row-major, writable.
+    ///
+    /// ```
+    /// let mut t = tapegrad::Tensor::<f32>::zeros(&[2]);
+    /// t.data_mut()[1] = 3.0;
+    /// assert_eq!(t.data(), &[0.0, 3.0]);
+    /// ```
+    pub fn data_mut(&mut self) -> &mut [F] {
+        &mut self.data
+    }
+
+    /// Gives up the tensor's buffer.
+    pub fn into_vec(self) -> Vec<F> {
+        self.data
+    }
+
+    pub(crate) fn into_parts(self) -> (Shape, Vec<F>) {
+        (self.shape, self.data)
+    }
+
+    /// The single value of a one-element tensor.
+    ///
+    /// # Panics
+    /// If the tensor does not hold exactly one element.
+    #[track_caller]
+    pub fn item(&self) -> F {
+        assert!(
+            self.data.len() == 1,
+            "tapegrad: item: tensor of shape {:?} has {} elements, not 1",
+            self.shape,
+            self.data.len()
+        );
+        self.data[0]
+    }
+
+    /// The element at a multi-index.
+    ///
+    /// # Panics
+    /// If the index has the wrong rank or is out of range.
+    #[track_caller]
+    pub fn at(&self, index: &[usize]) -> F {
+        assert!(
+            index.len() == self.rank() && index.iter().zip(&self.shape).all(|(i, d)| i < d),
+            "tapegrad: at: index {index:?} out of range for shape {:?}",
+            self.shape
+        );
+        let flat = index
+            .iter()
+            .zip(&self.shape)
+            .fold(0, |acc, (&i, &d)| acc * d + i);
+        self.data[flat]
+    }
+
+    /// The same data under a new shape with the same element count.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f32>::zeros(&[2, 3]).reshape(&[3, 2]).unwrap();
+    /// assert_eq!(t.shape(), &[3, 2]);
+    /// ```
+    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+        if numel(shape)? != self.data.len() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot view {:?} as {shape:?}", self.shape),
+            ));
+        }
+        Ok(Tensor {
+            shape: shape.into(),
+            data: self.data,
+        })
+    }
+
+    /// Converts every element to another [`Real`] type (through `f64`).
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f64>::ones(&[2]).cast::<f32>();
+    /// assert_eq!(t.data(), &[1.0f32, 1.0]);
+    /// ```
+    pub fn cast<G: Real>(&self) -> Tensor<G> {
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&x| G::of(x.to_f64_lossy())).collect(),
+        }
+    }
+
+    /// The largest absolute elementwise difference to `other` (∞ if the
+    /// shapes differ): a helper for tests and checks.
+    ///
+    /// ```
+    /// let a = tapegrad::Tensor::<f64>::ones(&[2]);
+    /// assert_eq!(a.max_abs_diff(&a), 0.0);
+    /// ```
+    pub fn max_abs_diff(&self, other: &Tensor<F>) -> f64 {
+        if self.shape != other.shape {
+            return f64::INFINITY;
+        }
+        self.data
+            .iter()
+            .zip(&other.data)
+            .map(|(a, b)| (a.to_f64_lossy() - b.to_f64_lossy()).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// The Euclidean norm of all elements, accumulated in `f64`.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::from_vec(vec![3.0f32, 4.0], &[2]).unwrap();
+    /// assert_eq!(t.norm(), 5.0);
+    /// ```
+    pub fn norm(&self) -> f64 {
+        self.data
+            .iter()
+            .map(|x| x.to_f64_lossy().powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+}
+
+impl<F: Real> fmt::Debug for Tensor<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor<{}>{:?} ", F::NAME, self.shape.as_slice())?;
+        const SHOW: usize = 8;
+        let mut list = f.debug_list();
+        list.entries(self.data.iter().take(SHOW));
+        if self.data.len() > SHOW {
+            list.entry(&format_args!("… {} more", self.data.len() - SHOW));
+        }
+        list.finish()
+    }
+}
