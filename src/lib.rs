@@ -80,13 +80,17 @@
 
 mod error;
 pub mod gradcheck;
+pub mod layers;
+mod nonlinearity;
 mod ops;
 mod params;
 mod real;
+pub mod reference;
 mod tape;
 pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
+pub use nonlinearity::Nonlinearity;
 pub use ops::Reduction;
 pub use params::{Param, ParamKey, ParamStore};
 pub use real::Real;

@@ -279,6 +279,26 @@ impl<F: Real> Tape<F> {
         self.constant(value)
     }
 
+    /// A constant of zeros from a pooled buffer.
+    ///
+    /// # Panics
+    /// If the shape overflows or cannot be allocated.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// assert_eq!(tape.zeros(&[2, 3]).value().data(), &[0.0; 6]);
+    /// ```
+    #[track_caller]
+    pub fn zeros(&self, shape: &[usize]) -> Var<'_, F> {
+        let value = {
+            let mut inner = self.inner.borrow_mut();
+            let n = or_panic(crate::tensor::numel(shape));
+            let buf = or_panic(inner.pool.zeroed(n, "zeros"));
+            Tensor::from_parts(shape.into(), buf)
+        };
+        self.constant(value)
+    }
+
     /// A scalar constant.
     ///
     /// ```

@@ -1,0 +1,135 @@
+//! One time step of each recurrent cell, written as tape primitives.
+//!
+//! The input projection `xw = x(t)·W_ihᵀ + b_ih (+ b_hh)` arrives
+//! precomputed (the layer does it for all T steps in one GEMM); a step adds
+//! the recurrent projection and applies the gates. With PyTorch's gate
+//! order:
+//!
+//! ```text
+//! RNN   h = φ(xw + h₋·W_hhᵀ)                                   (b_hh folded into xw)
+//! LSTM  z = xw + h₋·W_hhᵀ = [z_i z_f z_g z_o]                  (b_hh folded into xw)
+//!       i = σ(z_i)  f = σ(z_f)  g = tanh(z_g)  o = σ(z_o)
+//!       c = f⊙c₋ + i⊙g         h = o⊙tanh(c)
+//! GRU   hw = h₋·W_hhᵀ + b_hh = [hw_r hw_z hw_n],  xw = [xw_r xw_z xw_n]
+//!       r = σ(xw_r + hw_r)  z = σ(xw_z + hw_z)  n = tanh(xw_n + r⊙hw_n)
+//!       h = (1 − z)⊙n + z⊙h₋ = n + z⊙(h₋ − n)
+//! ```
+//!
+//! Each gate is recorded under its own label scope, so a listing or an
+//! error says `lstm.l0/t=3/forget_gate`.
+
+use crate::{Nonlinearity, Real, Var};
+
+/// Which cell a recurrent layer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CellKind {
+    Rnn(Nonlinearity),
+    Lstm,
+    Gru,
+}
+
+impl CellKind {
+    /// Gate blocks per step: rows of W_ih are `gates·H`.
+    pub(crate) fn gates(self) -> usize {
+        match self {
+            CellKind::Rnn(_) => 1,
+            CellKind::Lstm => 4,
+            CellKind::Gru => 3,
+        }
+    }
+
+    /// Whether b_hh can be folded into the hoisted input projection (not
+    /// for the GRU, whose b_hn sits inside r⊙(·)).
+    pub(crate) fn folds_hidden_bias(self) -> bool {
+        !matches!(self, CellKind::Gru)
+    }
+
+    pub(crate) fn has_cell_state(self) -> bool {
+        matches!(self, CellKind::Lstm)
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            CellKind::Rnn(_) => "rnn",
+            CellKind::Lstm => "lstm",
+            CellKind::Gru => "gru",
+        }
+    }
+
+    /// One step: `(h, c)` from the projected input `xw` [B×G·H], the
+    /// previous state, W_hh and (GRU only) b_hh.
+    pub(crate) fn step<'t, F: Real>(
+        self,
+        xw: Var<'t, F>,
+        h: Var<'t, F>,
+        c: Option<Var<'t, F>>,
+        w_hh: Var<'t, F>,
+        b_hh: Option<Var<'t, F>>,
+    ) -> (Var<'t, F>, Option<Var<'t, F>>) {
+        let tape = xw.tape();
+        match self {
+            CellKind::Rnn(phi) => {
+                let a = xw + h.matmul_t(w_hh);
+                let h = match phi {
+                    Nonlinearity::Tanh => a.tanh(),
+                    Nonlinearity::Relu => a.relu(),
+                };
+                (h, None)
+            }
+            CellKind::Lstm => {
+                let c_prev = c.expect("an LSTM step needs a cell state");
+                let z = {
+                    let _s = tape.scope("gates");
+                    xw + h.matmul_t(w_hh)
+                };
+                let parts = z.split(1, 4);
+                let i = gate(parts[0], "input_gate", Var::sigmoid);
+                let f = gate(parts[1], "forget_gate", Var::sigmoid);
+                let g = gate(parts[2], "cell_gate", Var::tanh);
+                let o = gate(parts[3], "output_gate", Var::sigmoid);
+                let c = {
+                    let _s = tape.scope("cell");
+                    f * c_prev + i * g
+                };
+                let h = {
+                    let _s = tape.scope("hidden");
+                    o * c.tanh()
+                };
+                (h, Some(c))
+            }
+            CellKind::Gru => {
+                let hw = {
+                    let _s = tape.scope("gates");
+                    let hw = h.matmul_t(w_hh);
+                    match b_hh {
+                        Some(b) => hw + b,
+                        None => hw,
+                    }
+                };
+                let x = xw.split(1, 3);
+                let hh = hw.split(1, 3);
+                let r = gate(x[0] + hh[0], "reset_gate", Var::sigmoid);
+                let z = gate(x[1] + hh[1], "update_gate", Var::sigmoid);
+                let n = {
+                    let _s = tape.scope("new_gate");
+                    (x[2] + r * hh[2]).tanh()
+                };
+                let h = {
+                    let _s = tape.scope("hidden");
+                    n + z * (h - n)
+                };
+                (h, None)
+            }
+        }
+    }
+}
+
+/// Applies `act` to `pre` under the label scope `name`.
+fn gate<'t, F: Real>(
+    pre: Var<'t, F>,
+    name: &'static str,
+    act: fn(Var<'t, F>) -> Var<'t, F>,
+) -> Var<'t, F> {
+    let _s = pre.tape().scope(name);
+    act(pre)
+}

@@ -1,0 +1,122 @@
+//! Recurrent state: [`State`] on a tape, [`StateTensors`] between tapes.
+//!
+//! Entries are ordered as PyTorch's `h_n`/`c_n`: index `layer·D + dir`
+//! (D = 2 for bidirectional layers, dir 1 = reverse). Carrying state from
+//! one truncated-BPTT chunk to the next goes through [`StateTensors`]:
+//! plain values, bound on the next tape as constants, so the gradient stops
+//! at the boundary and no node of the old tape is kept alive.
+
+use crate::{Real, Tape, Tensor, Var};
+
+/// Hidden state (and LSTM cell state) on a tape, one [B×H] var per layer
+/// and direction.
+///
+/// ```
+/// use tapegrad::layers::State;
+/// use tapegrad::Tape;
+/// let tape = Tape::<f32>::new();
+/// let s = State::zeros(&tape, 2, 3, 8, true);
+/// assert_eq!((s.h.len(), s.c.as_ref().unwrap().len()), (2, 2));
+/// ```
+#[derive(Debug, Clone)]
+pub struct State<'t, F: Real> {
+    /// h per layer·direction, each [B×H].
+    pub h: Vec<Var<'t, F>>,
+    /// c per layer·direction for an LSTM, `None` for RNN and GRU.
+    pub c: Option<Vec<Var<'t, F>>>,
+}
+
+impl<'t, F: Real> State<'t, F> {
+    /// Zeros for `entries` (= layers·directions) states of [batch×hidden];
+    /// with a cell state when `cell`.
+    pub fn zeros(
+        tape: &'t Tape<F>,
+        entries: usize,
+        batch: usize,
+        hidden: usize,
+        cell: bool,
+    ) -> Self {
+        let z = || {
+            (0..entries)
+                .map(|_| tape.zeros(&[batch, hidden]))
+                .collect::<Vec<_>>()
+        };
+        State {
+            h: z(),
+            c: cell.then(z),
+        }
+    }
+
+    /// The same values as constants on the same tape (gradient stops).
+    pub fn detach(&self) -> Self {
+        State {
+            h: self.h.iter().map(|v| v.detach()).collect(),
+            c: self
+                .c
+                .as_ref()
+                .map(|c| c.iter().map(|v| v.detach()).collect()),
+        }
+    }
+
+    /// Copies the values out, to carry into the next tape.
+    ///
+    /// ```
+    /// use tapegrad::layers::State;
+    /// use tapegrad::Tape;
+    /// let mut tape = Tape::<f64>::new();
+    /// let carried = State::zeros(&tape, 1, 2, 4, false).to_tensors();
+    /// tape.reset();
+    /// let s = carried.bind(&tape);
+    /// assert!(!s.h[0].requires_grad());
+    /// ```
+    pub fn to_tensors(&self) -> StateTensors<F> {
+        StateTensors {
+            h: self.h.iter().map(|v| v.to_tensor()).collect(),
+            c: self
+                .c
+                .as_ref()
+                .map(|c| c.iter().map(|v| v.to_tensor()).collect()),
+        }
+    }
+
+    /// The top layer's final hidden state (the forward direction's, for a
+    /// bidirectional layer the last two entries are forward and reverse).
+    pub fn last_h(&self) -> Var<'t, F> {
+        *self.h.last().expect("a state has at least one entry")
+    }
+}
+
+/// Recurrent state as plain tensors, independent of any tape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateTensors<F: Real> {
+    /// h per layer·direction, each [B×H].
+    pub h: Vec<Tensor<F>>,
+    /// c per layer·direction (LSTM).
+    pub c: Option<Vec<Tensor<F>>>,
+}
+
+impl<F: Real> StateTensors<F> {
+    /// Binds the values on `tape` as constants (no gradient flows into
+    /// them): the detached state of truncated BPTT.
+    pub fn bind<'t>(&self, tape: &'t Tape<F>) -> State<'t, F> {
+        let bind = |ts: &Vec<Tensor<F>>| {
+            ts.iter()
+                .map(|t| tape.constant_from_slice(t.data(), t.shape()))
+                .collect::<Vec<_>>()
+        };
+        State {
+            h: bind(&self.h),
+            c: self.c.as_ref().map(bind),
+        }
+    }
+
+    /// Binds the values on `tape` as leaves that require gradients, so
+    /// ∂L/∂h(0) (and ∂L/∂c(0)) can be read from the gradients.
+    pub fn bind_var<'t>(&self, tape: &'t Tape<F>) -> State<'t, F> {
+        let bind = |ts: &Vec<Tensor<F>>| ts.iter().map(|t| tape.var(t.clone())).collect::<Vec<_>>();
+        State {
+            h: bind(&self.h),
+            c: self.c.as_ref().map(bind),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Hand-derived BPTT reference (being written).
