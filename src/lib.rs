@@ -83,6 +83,7 @@ pub mod gradcheck;
 pub mod layers;
 mod nonlinearity;
 mod ops;
+pub mod optim;
 mod params;
 mod real;
 pub mod reference;
@@ -97,3 +98,8 @@ pub use real::Real;
 pub use tape::{Grads, ScopeGuard, Tape, Var};
 pub use tensor::gemm::{num_threads, set_num_threads};
 pub use tensor::{Shape, Tensor};
+
+/// The README's example, compiled and run as a doc-test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

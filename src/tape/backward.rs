@@ -126,6 +126,15 @@ impl<F: Real> Grads<F> {
             .sqrt()
     }
 
+    /// Runs `f` on every parameter gradient, in place (clipping).
+    pub fn for_each_param_mut(&mut self, mut f: impl FnMut(&mut Tensor<F>)) {
+        for &(_, id) in &self.params {
+            if let Some(g) = self.slots[id as usize].as_mut() {
+                f(g);
+            }
+        }
+    }
+
     pub(crate) fn into_buffers(self) -> impl Iterator<Item = Vec<F>> {
         self.slots.into_iter().flatten().map(Tensor::into_vec)
     }

@@ -241,6 +241,7 @@ impl<F: Real> Tensor<F> {
         self.data
     }
 
+    #[cfg(feature = "ndarray")]
     pub(crate) fn into_parts(self) -> (Shape, Vec<F>) {
         (self.shape, self.data)
     }

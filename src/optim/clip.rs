@@ -1,0 +1,63 @@
+//! Gradient clipping: by global norm (`clip_grad_norm_`) and by value.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::{Grads, Real};
+
+/// Scales every parameter gradient by min(1, max_norm / ‖g‖), where ‖g‖ is
+/// the L2 norm over all parameter gradients together, and returns ‖g‖
+/// (before clipping).
+///
+/// # Errors
+/// [`ErrorKind::NonFinite`] if ‖g‖ is NaN or ∞ and `error_if_nonfinite`;
+/// the gradients are then left untouched.
+///
+/// ```
+/// use tapegrad::optim::clip_grad_norm;
+/// use tapegrad::{ParamStore, Tape, Tensor};
+/// let mut store = ParamStore::<f64>::new();
+/// let w = store.insert("w", Tensor::from_vec(vec![3.0, 4.0], &[2]).unwrap());
+/// let tape = Tape::new();
+/// let mut g = (tape.param(&store, w) * tape.param(&store, w)).sum().mul_scalar(0.5).backward();
+/// let norm = clip_grad_norm(&mut g, 1.0, true).unwrap();
+/// assert_eq!(norm, 5.0);
+/// assert!((g.params_norm() - 1.0).abs() < 1e-12);
+/// ```
+pub fn clip_grad_norm<F: Real>(
+    grads: &mut Grads<F>,
+    max_norm: f64,
+    error_if_nonfinite: bool,
+) -> Result<f64> {
+    let norm = grads.params_norm();
+    if !norm.is_finite() {
+        if error_if_nonfinite {
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                "clip_grad_norm",
+                format!("the total gradient norm is {norm}"),
+            ));
+        }
+        return Ok(norm);
+    }
+    if norm > max_norm {
+        let scale = F::of(max_norm / (norm + 1e-6));
+        grads.for_each_param_mut(|g| g.data_mut().iter_mut().for_each(|x| *x = *x * scale));
+    }
+    Ok(norm)
+}
+
+/// Clamps every parameter gradient element into [−limit, limit].
+///
+/// ```
+/// use tapegrad::optim::clip_grad_value;
+/// use tapegrad::{ParamStore, Tape, Tensor};
+/// let mut store = ParamStore::<f64>::new();
+/// let w = store.insert("w", Tensor::scalar(3.0));
+/// let tape = Tape::new();
+/// let mut g = tape.param(&store, w).powf(2.0).backward(); // 6
+/// clip_grad_value(&mut g, 1.0);
+/// assert_eq!(g.param(w).unwrap().item(), 1.0);
+/// ```
+pub fn clip_grad_value<F: Real>(grads: &mut Grads<F>, limit: f64) {
+    let (lo, hi) = (F::of(-limit), F::of(limit));
+    grads.for_each_param_mut(|g| g.data_mut().iter_mut().for_each(|x| *x = x.max(lo).min(hi)));
+}
