@@ -6,7 +6,7 @@ use crate::{ParamKey, ParamStore, Real, Tape, Tensor, Var};
 /// A fully connected layer, `y = x·Wᵀ + b` (the seed's readout
 /// `o(t) = V h(t) + c`, with V = `weight`, c = `bias`).
 ///
-/// Parameters `{name}.weight` [out×in] and `{name}.bias` [out], initialised
+/// Parameters `{name}.weight` [out×in] and `{name}.bias` `[out]`, initialised
 /// U(−1/√in, 1/√in) like PyTorch's `nn.Linear`.
 ///
 /// ```
@@ -24,7 +24,7 @@ use crate::{ParamKey, ParamStore, Real, Tape, Tensor, Var};
 pub struct Linear {
     /// `{name}.weight`, [out×in].
     pub weight: ParamKey,
-    /// `{name}.bias`, [out], if the layer has one.
+    /// `{name}.bias`, `[out]`, if the layer has one.
     pub bias: Option<ParamKey>,
     /// Input features.
     pub in_features: usize,

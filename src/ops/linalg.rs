@@ -127,7 +127,7 @@ impl<'t, F: Real> Var<'t, F> {
                 ));
             }
             let (m, n) = (a.rows, b.cols);
-            let mut out = pool.take(m.checked_mul(n).unwrap_or(usize::MAX), op.name())?;
+            let mut out = pool.take(m.saturating_mul(n), op.name())?;
             F::gemm(MatMut::row_major(&mut out, m, n), a, b, false);
             Ok((
                 Op::Linalg(op),

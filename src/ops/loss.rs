@@ -39,7 +39,7 @@ pub enum Reduction {
     Sum,
     /// Average the per-sample losses.
     Mean,
-    /// Keep one loss per sample (shape [N]); weight or mask them yourself.
+    /// Keep one loss per sample (shape `[N]`); weight or mask them yourself.
     None,
 }
 
@@ -104,33 +104,26 @@ impl<F: Real> LossOp<F> {
         let gy = c.gy.data();
         match self {
             LossOp::Softmax => {
-                let (_, cols) = rows_cols(c.y.shape());
-                let y = c.y.data();
-                let dots: Vec<F> = gy
-                    .chunks_exact(cols.max(1))
-                    .zip(y.chunks_exact(cols.max(1)))
-                    .map(|(g, p)| g.iter().zip(p).map(|(&g, &p)| g * p).sum())
-                    .collect();
-                slot.put(
-                    gy.iter()
-                        .zip(y)
-                        .enumerate()
-                        .map(|(i, (&g, &p))| p * (g - dots[i / cols])),
-                );
+                // Per row: ∂L/∂x = p ⊙ (gy − ⟨gy, p⟩).
+                let cols = rows_cols(c.y.shape()).1.max(1);
+                let fresh = slot.fresh;
+                let rows = gy.chunks_exact(cols).zip(c.y.data().chunks_exact(cols));
+                for ((g, p), d) in rows.zip(slot.data.chunks_exact_mut(cols)) {
+                    let dot: F = g.iter().zip(p).map(|(&g, &p)| g * p).sum();
+                    let vals = g.iter().zip(p).map(|(&g, &p)| p * (g - dot));
+                    GradSlot { data: d, fresh }.put(vals);
+                }
             }
             LossOp::LogSoftmax => {
-                let (_, cols) = rows_cols(c.y.shape());
-                let y = c.y.data();
-                let sums: Vec<F> = gy
-                    .chunks_exact(cols.max(1))
-                    .map(|g| g.iter().copied().sum())
-                    .collect();
-                slot.put(
-                    gy.iter()
-                        .zip(y)
-                        .enumerate()
-                        .map(|(i, (&g, &ly))| g - ly.exp() * sums[i / cols]),
-                );
+                // Per row: ∂L/∂x = gy − softmax(x)·Σ gy, softmax(x) = e^y.
+                let cols = rows_cols(c.y.shape()).1.max(1);
+                let fresh = slot.fresh;
+                let rows = gy.chunks_exact(cols).zip(c.y.data().chunks_exact(cols));
+                for ((g, ly), d) in rows.zip(slot.data.chunks_exact_mut(cols)) {
+                    let sum: F = g.iter().copied().sum();
+                    let vals = g.iter().zip(ly).map(|(&g, &ly)| g - ly.exp() * sum);
+                    GradSlot { data: d, fresh }.put(vals);
+                }
             }
             LossOp::CrossEntropy {
                 targets,

@@ -325,7 +325,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// Rows of `self` picked by `indices` along axis 0 (embedding lookup):
     /// `y[i] = x[indices[i]]`, shape `[indices.len(), rest…]`.
     ///
-    /// Gradient: scatter-add, ∂L/∂x[r] = Σ over i with indices[i] = r of gy[i].
+    /// Gradient: scatter-add, `∂L/∂x[r] = Σ gy[i]` over the i with `indices[i] = r`.
     ///
     /// # Panics
     /// If an index is out of range (the message names it).

@@ -1,5 +1,5 @@
-//! Optimizers that update a [`ParamStore`](crate::ParamStore) from the
-//! [`Grads`](crate::Grads) of a backward pass, and gradient clipping.
+//! Optimizers that update a [`ParamStore`] from the
+//! [`Grads`] of a backward pass, and gradient clipping.
 //!
 //! Every optimizer implements [`Optimizer`]; its per-parameter state
 //! (momentum buffers, moment estimates) is keyed by [`ParamKey`], so it

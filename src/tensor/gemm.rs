@@ -121,7 +121,7 @@ pub fn num_threads() -> usize {
 }
 
 /// Below this many multiply-adds a GEMM runs on one thread: handing work to
-/// a pool costs more than it saves (docs/performance.md has the measurements).
+/// a pool costs more than it saves (docs/design.md has the measurements).
 const PARALLEL_MIN_MACS: usize = 1 << 19;
 
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {

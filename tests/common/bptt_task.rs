@@ -1,0 +1,152 @@
+//! The BPTT task both sides compute, written once for the tape: a
+//! recurrent layer over T steps, the readout `o(t) = h(t)·W_outᵀ + b_out`
+//! over all T·B rows in one matmul, softmax cross-entropy summed over time
+//! and batch, then `backward()`. Shared by `tests/reference_vs_tape.rs` and
+//! `benches/bptt.rs` (through `#[path]`), so the property tests check the
+//! very code the benchmarks time.
+
+#![allow(dead_code)]
+
+use tapegrad::layers::{Linear, Lstm, RecurrentConfig, Rnn};
+use tapegrad::reference::{LstmParams, RnnParams};
+use tapegrad::{Grads, Nonlinearity, ParamKey, ParamStore, Real, Reduction, Tape, Tensor, Var};
+
+/// Which recurrent cell the task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    Rnn(Nonlinearity),
+    Lstm,
+}
+
+/// A tape model holding the same numbers as a reference parameter set.
+pub struct TapeModel<F: Real> {
+    pub store: ParamStore<F>,
+    pub cell: Cell,
+    rnn: Option<Rnn>,
+    lstm: Option<Lstm>,
+    head: Linear,
+    pub w_ih: ParamKey,
+    pub w_hh: ParamKey,
+    pub b_ih: ParamKey,
+    pub b_hh: ParamKey,
+}
+
+fn copy<F: Real>(store: &mut ParamStore<F>, name: &str, t: &Tensor<F>) -> ParamKey {
+    let key = store
+        .key(name)
+        .unwrap_or_else(|| panic!("no parameter {name}"));
+    assert_eq!(store.get(key).shape(), t.shape(), "{name}");
+    *store.get_mut(key) = t.clone();
+    key
+}
+
+impl<F: Real> TapeModel<F> {
+    fn build(cell: Cell, input: usize, hidden: usize, output: usize, w: [&Tensor<F>; 6]) -> Self {
+        let mut store = ParamStore::new();
+        let cfg = RecurrentConfig::new(input, hidden).nonlinearity(match cell {
+            Cell::Rnn(phi) => phi,
+            Cell::Lstm => Nonlinearity::Tanh,
+        });
+        let (rnn, lstm) = match cell {
+            Cell::Rnn(_) => (Some(Rnn::new(&mut store, "rnn", cfg, 0)), None),
+            Cell::Lstm => (None, Some(Lstm::new(&mut store, "rnn", cfg, 0))),
+        };
+        let head = Linear::new(&mut store, "decoder", hidden, output, true, 0);
+        let w_ih = copy(&mut store, "rnn.weight_ih_l0", w[0]);
+        let w_hh = copy(&mut store, "rnn.weight_hh_l0", w[1]);
+        let b_ih = copy(&mut store, "rnn.bias_ih_l0", w[2]);
+        let b_hh = copy(&mut store, "rnn.bias_hh_l0", w[3]);
+        copy(&mut store, "decoder.weight", w[4]);
+        copy(&mut store, "decoder.bias", w[5]);
+        TapeModel {
+            store,
+            cell,
+            rnn,
+            lstm,
+            head,
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+        }
+    }
+
+    /// The tape twin of a reference RNN.
+    pub fn rnn(p: &RnnParams<F>, phi: Nonlinearity) -> Self {
+        let (h, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
+        let o = p.w_out.shape()[0];
+        Self::build(
+            Cell::Rnn(phi),
+            i,
+            h,
+            o,
+            [&p.w_ih, &p.w_hh, &p.b_ih, &p.b_hh, &p.w_out, &p.b_out],
+        )
+    }
+
+    /// The tape twin of a reference LSTM.
+    pub fn lstm(p: &LstmParams<F>) -> Self {
+        let (h4, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
+        let o = p.w_out.shape()[0];
+        Self::build(
+            Cell::Lstm,
+            i,
+            h4 / 4,
+            o,
+            [&p.w_ih, &p.w_hh, &p.b_ih, &p.b_hh, &p.w_out, &p.b_out],
+        )
+    }
+
+    pub fn w_out(&self) -> ParamKey {
+        self.head.weight
+    }
+
+    pub fn b_out(&self) -> ParamKey {
+        self.head.bias.expect("readout has a bias")
+    }
+
+    /// Forward over all steps + readout + summed cross-entropy on `tape`.
+    /// `x` is [T×B×I]; `h0`/`c0` are [B×H] vars. Returns the loss var.
+    pub fn loss<'t>(
+        &self,
+        tape: &'t Tape<F>,
+        x: Var<'t, F>,
+        h0: Var<'t, F>,
+        c0: Option<Var<'t, F>>,
+        targets: &[usize],
+    ) -> Var<'t, F> {
+        let init = tapegrad::layers::State {
+            h: vec![h0],
+            c: c0.map(|c| vec![c]),
+        };
+        let out = match (&self.rnn, &self.lstm) {
+            (Some(r), _) => r.forward(tape, &self.store, x, Some(&init)),
+            (_, Some(l)) => l.forward(tape, &self.store, x, Some(&init)),
+            _ => unreachable!(),
+        };
+        let logits = self.head.forward(tape, &self.store, out.stacked_rows());
+        logits.cross_entropy(targets, Reduction::Sum)
+    }
+
+    /// One training step's gradient computation: constants for the data
+    /// (so no dL/dx is computed), zero initial state, `backward()`.
+    pub fn step(
+        &self,
+        tape: &Tape<F>,
+        x: &[F],
+        shape: [usize; 3],
+        targets: &[usize],
+    ) -> (F, Grads<F>) {
+        let [_, b, _] = shape;
+        let h = match (&self.rnn, &self.lstm) {
+            (Some(r), _) => r.config().hidden_size,
+            (_, Some(l)) => l.config().hidden_size,
+            _ => unreachable!(),
+        };
+        let xv = tape.constant_from_slice(x, &shape);
+        let h0 = tape.zeros(&[b, h]);
+        let c0 = matches!(self.cell, Cell::Lstm).then(|| tape.zeros(&[b, h]));
+        let loss = self.loss(tape, xv, h0, c0, targets);
+        (loss.item(), loss.backward())
+    }
+}
