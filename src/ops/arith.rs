@@ -32,15 +32,6 @@ impl BinaryOp {
         }
     }
 
-    fn apply<F: Real>(self, x: F, y: F) -> F {
-        match self {
-            BinaryOp::Add => x + y,
-            BinaryOp::Sub => x - y,
-            BinaryOp::Mul => x * y,
-            BinaryOp::Div => x / y,
-        }
-    }
-
     pub(crate) fn backward<F: Real>(
         &self,
         k: usize,
@@ -73,13 +64,14 @@ impl<'t, F: Real> Var<'t, F> {
             let (a, b) = (x[0], x[1]);
             let shape = broadcast_shape(op.name(), a.shape(), b.shape())?;
             let mut out = pool.take(numel(&shape)?, op.name())?;
-            broadcast::zip(
-                &shape,
-                (a.data(), a.shape()),
-                (b.data(), b.shape()),
-                &mut out,
-                |x, y| op.apply(x, y),
-            );
+            let (a, b) = ((a.data(), a.shape()), (b.data(), b.shape()));
+            // Match the op once, outside the element loop.
+            match op {
+                BinaryOp::Add => broadcast::zip(&shape, a, b, &mut out, |x, y| x + y),
+                BinaryOp::Sub => broadcast::zip(&shape, a, b, &mut out, |x, y| x - y),
+                BinaryOp::Mul => broadcast::zip(&shape, a, b, &mut out, |x, y| x * y),
+                BinaryOp::Div => broadcast::zip(&shape, a, b, &mut out, |x, y| x / y),
+            }
             Ok((Op::Binary(op), Tensor::from_parts(shape, out)))
         })
     }

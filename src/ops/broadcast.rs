@@ -162,11 +162,7 @@ pub(crate) fn zip<F: Real>(
     let aa = Access::of(a.1, out_shape);
     let ab = Access::of(b.1, out_shape);
     match (&aa, &ab) {
-        (Access::Same, Access::Same) => {
-            for ((o, &x), &y) in out.iter_mut().zip(a.0).zip(b.0) {
-                *o = f(x, y);
-            }
-        }
+        (Access::Same, Access::Same) => super::map2(out, a.0, b.0, f),
         (Access::Same, Access::Tile(n)) if *n > 0 => {
             for (oc, xc) in out.chunks_exact_mut(*n).zip(a.0.chunks_exact(*n)) {
                 for ((o, &x), &y) in oc.iter_mut().zip(xc).zip(b.0) {

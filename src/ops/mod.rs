@@ -80,6 +80,24 @@ impl<'a, F: Real> GradSlot<'a, F> {
         }
     }
 
+    /// `d[i] (=|+=) f(a[i], b[i], c[i])` as a plain indexed loop over
+    /// equal-length slices (no iterator adapters, so it vectorizes).
+    #[inline]
+    pub(crate) fn put3(self, a: &[F], b: &[F], c: &[F], f: impl Fn(F, F, F) -> F) {
+        let n = self.data.len();
+        let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+        let d = self.data;
+        if self.fresh {
+            for i in 0..n {
+                d[i] = f(a[i], b[i], c[i]);
+            }
+        } else {
+            for i in 0..n {
+                d[i] = d[i] + f(a[i], b[i], c[i]);
+            }
+        }
+    }
+
     /// Zeroes a fresh slot, so a rule can scatter-add into it; returns the
     /// buffer.
     #[inline]
@@ -130,6 +148,27 @@ impl<F: Real> Op<F> {
             Op::Dropout(o) => o.recycle(pool),
             _ => {}
         }
+    }
+}
+
+/// `out[i] = f(a[i])` as a plain indexed loop (vectorizes; the op is
+/// matched once outside the loop by the caller).
+#[inline]
+pub(crate) fn map1<F: Copy>(out: &mut [F], a: &[F], f: impl Fn(F) -> F) {
+    let n = out.len();
+    let a = &a[..n];
+    for i in 0..n {
+        out[i] = f(a[i]);
+    }
+}
+
+/// `out[i] = f(a[i], b[i])` as a plain indexed loop.
+#[inline]
+pub(crate) fn map2<F: Copy>(out: &mut [F], a: &[F], b: &[F], f: impl Fn(F, F) -> F) {
+    let n = out.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    for i in 0..n {
+        out[i] = f(a[i], b[i]);
     }
 }
 

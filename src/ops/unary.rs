@@ -9,7 +9,7 @@
 //! abs'(0) = 0, clamp passes the gradient where lo ≤ x ≤ hi (both ends
 //! included); sqrt'(0) = +∞ and log'(0) = +∞ as IEEE gives them.
 
-use super::{BackwardCtx, GradSlot, Op};
+use super::{map1, BackwardCtx, GradSlot, Op};
 use crate::error::{Error, ErrorKind};
 use crate::tensor::Tensor;
 use crate::{Real, Var};
@@ -82,25 +82,20 @@ impl<F: Real> UnaryOp<F> {
         }
     }
 
-    #[inline]
-    fn forward(self, x: F) -> F {
+    /// `out = f(x)` elementwise, the op matched once outside the loop.
+    fn forward(self, out: &mut [F], x: &[F]) {
+        let zero = F::zero();
         match self {
-            UnaryOp::Affine { mul, add } => mul * x + add,
-            UnaryOp::Tanh => x.tanh(),
-            UnaryOp::Sigmoid => sigmoid(x),
-            UnaryOp::Relu => {
-                if x > F::zero() {
-                    x
-                } else {
-                    F::zero()
-                }
-            }
-            UnaryOp::Exp => x.exp(),
-            UnaryOp::Log => x.ln(),
-            UnaryOp::Sqrt => x.sqrt(),
-            UnaryOp::Powf(p) => x.powf(p),
-            UnaryOp::Abs => x.abs(),
-            UnaryOp::Clamp { lo, hi } => x.max(lo).min(hi),
+            UnaryOp::Affine { mul, add } => map1(out, x, |x| mul * x + add),
+            UnaryOp::Tanh => map1(out, x, |x| x.tanh()),
+            UnaryOp::Sigmoid => map1(out, x, sigmoid),
+            UnaryOp::Relu => map1(out, x, |x| if x > zero { x } else { zero }),
+            UnaryOp::Exp => map1(out, x, |x| x.exp()),
+            UnaryOp::Log => map1(out, x, |x| x.ln()),
+            UnaryOp::Sqrt => map1(out, x, |x| x.sqrt()),
+            UnaryOp::Powf(p) => map1(out, x, |x| x.powf(p)),
+            UnaryOp::Abs => map1(out, x, |x| x.abs()),
+            UnaryOp::Clamp { lo, hi } => map1(out, x, |x| x.max(lo).min(hi)),
         }
     }
 
@@ -143,13 +138,13 @@ impl<F: Real> UnaryOp<F> {
 /// or ∞, so the untaken branch of a select cannot leak NaN.
 #[inline]
 fn rule<F: Real>(gy: &[F], x: &[F], y: &[F], slot: GradSlot<'_, F>, f: impl Fn(F, F, F) -> F) {
-    slot.put(gy.iter().zip(x).zip(y).map(|((&g, &x), &y)| {
+    slot.put3(gy, x, y, |g, x, y| {
         if g == F::zero() {
             F::zero()
         } else {
             f(g, x, y)
         }
-    }));
+    });
 }
 
 /// The logistic function, computed without overflow for any finite input.
@@ -169,9 +164,7 @@ impl<'t, F: Real> Var<'t, F> {
         self.tape().record(op.kind(), &[self], |x, pool| {
             let x = x[0];
             let mut out = pool.take(x.numel(), op.kind())?;
-            for (o, &v) in out.iter_mut().zip(x.data()) {
-                *o = op.forward(v);
-            }
+            op.forward(&mut out, x.data());
             Ok((Op::Unary(op), Tensor::from_parts(x.shape().into(), out)))
         })
     }

@@ -5,15 +5,37 @@
 //! Buffers come out with arbitrary (stale but valid) contents: every caller
 //! of [`Pool::take`] overwrites all of it, and [`Pool::zeroed`] exists for the
 //! callers that accumulate.
+//!
+//! Invariant: the pool only keeps buffers it issued. Each length has a count
+//! of buffers out on loan; a buffer given back while none of its length is
+//! on loan (a tensor the caller handed to `Tape::constant`, a backward seed)
+//! is dropped, so a loop that feeds fresh tensors every step cannot grow the
+//! pool without bound. The pool never holds more buffers of a length than
+//! were on loan at once.
 
 use crate::error::Result;
 use crate::tensor::try_alloc;
 use std::collections::HashMap;
 
+#[derive(Debug)]
+struct Bucket<F> {
+    free: Vec<Vec<F>>,
+    on_loan: usize,
+}
+
+impl<F> Default for Bucket<F> {
+    fn default() -> Self {
+        Bucket {
+            free: Vec::new(),
+            on_loan: 0,
+        }
+    }
+}
+
 /// Free buffers, by exact length.
 #[derive(Debug)]
 pub(crate) struct Pool<F> {
-    free: HashMap<usize, Vec<Vec<F>>>,
+    buckets: HashMap<usize, Bucket<F>>,
     /// Elements currently held in free buffers.
     held: usize,
 }
@@ -21,7 +43,7 @@ pub(crate) struct Pool<F> {
 impl<F> Default for Pool<F> {
     fn default() -> Self {
         Pool {
-            free: HashMap::new(),
+            buckets: HashMap::new(),
             held: 0,
         }
     }
@@ -30,11 +52,16 @@ impl<F> Default for Pool<F> {
 impl<F: Copy + num_traits::Zero> Pool<F> {
     /// A buffer of exactly `n` elements with unspecified contents.
     pub(crate) fn take(&mut self, n: usize, op: &str) -> Result<Vec<F>> {
-        if let Some(v) = self.free.get_mut(&n).and_then(Vec::pop) {
-            self.held -= n;
-            return Ok(v);
-        }
-        try_alloc(n, F::zero(), op)
+        let bucket = self.buckets.entry(n).or_default();
+        let v = match bucket.free.pop() {
+            Some(v) => {
+                self.held -= n;
+                v
+            }
+            None => try_alloc(n, F::zero(), op)?,
+        };
+        bucket.on_loan += 1;
+        Ok(v)
     }
 
     /// A buffer of `n` zeros.
@@ -44,13 +71,20 @@ impl<F: Copy + num_traits::Zero> Pool<F> {
         Ok(v)
     }
 
-    /// Returns a buffer for reuse.
+    /// Returns a buffer for reuse (dropped if the pool did not issue one of
+    /// this length that is still out).
     pub(crate) fn give(&mut self, v: Vec<F>) {
         if v.is_empty() {
             return;
         }
-        self.held += v.len();
-        self.free.entry(v.len()).or_default().push(v);
+        match self.buckets.get_mut(&v.len()) {
+            Some(bucket) if bucket.on_loan > 0 => {
+                bucket.on_loan -= 1;
+                self.held += v.len();
+                bucket.free.push(v);
+            }
+            _ => {}
+        }
     }
 
     /// Elements held by free buffers (for memory accounting).
@@ -60,7 +94,31 @@ impl<F: Copy + num_traits::Zero> Pool<F> {
 
     /// Frees every pooled buffer.
     pub(crate) fn clear(&mut self) {
-        self.free.clear();
+        for b in self.buckets.values_mut() {
+            b.free.clear();
+        }
         self.held = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_its_own_buffers_and_drops_foreign_ones() {
+        let mut p = Pool::<f32>::default();
+        let a = p.take(8, "t").unwrap();
+        let ptr = a.as_ptr();
+        p.give(a);
+        assert_eq!(p.held(), 8);
+        let b = p.take(8, "t").unwrap();
+        assert_eq!(b.as_ptr(), ptr);
+        p.give(b);
+        // A buffer the pool never issued is not kept.
+        for _ in 0..100 {
+            p.give(vec![0.0; 8]);
+        }
+        assert_eq!(p.held(), 8);
     }
 }
