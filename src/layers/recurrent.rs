@@ -278,6 +278,24 @@ impl Recurrent {
         }
     }
 
+    /// The bias added to the input projection: b_ih + b_hh (summed once, as
+    /// a [G·H] vector, before the broadcast over T·B rows), or b_ih alone
+    /// for the GRU, whose b_hh stays inside the step.
+    fn input_bias<'t, F: Real>(
+        &self,
+        tape: &'t Tape<F>,
+        store: &ParamStore<F>,
+        p: &DirParams,
+        b_hh: Option<Var<'t, F>>,
+    ) -> Option<Var<'t, F>> {
+        let b_ih = p.b_ih.map(|k| tape.param(store, k));
+        let b_hh = b_hh.filter(|_| self.kind.folds_hidden_bias());
+        match (b_ih, b_hh) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Runs the whole sequence `x` [T×B×I].
     #[track_caller]
     pub(crate) fn forward<'t, F: Real>(
@@ -357,14 +375,11 @@ impl Recurrent {
                 let b_hh = p.b_hh.map(|k| tape.param(store, k));
                 let xw = {
                     let _s = tape.scope("input_projection");
-                    let mut xw = flat.matmul_t(tape.param(store, p.w_ih));
-                    if let Some(b) = p.b_ih {
-                        xw = xw + tape.param(store, b);
+                    let xw = flat.matmul_t(tape.param(store, p.w_ih));
+                    match self.input_bias(tape, store, p, b_hh) {
+                        Some(b) => xw + b,
+                        None => xw,
                     }
-                    if let (Some(b), true) = (b_hh, self.kind.folds_hidden_bias()) {
-                        xw = xw + b;
-                    }
-                    xw
                 };
                 let step_b_hh = if self.kind.folds_hidden_bias() {
                     None
@@ -471,10 +486,7 @@ impl Recurrent {
             let w_hh = tape.param(store, p.w_hh);
             let b_hh = p.b_hh.map(|k| tape.param(store, k));
             let mut xw = input.matmul_t(tape.param(store, p.w_ih));
-            if let Some(b) = p.b_ih {
-                xw = xw + tape.param(store, b);
-            }
-            if let (Some(b), true) = (b_hh, self.kind.folds_hidden_bias()) {
+            if let Some(b) = self.input_bias(tape, store, p, b_hh) {
                 xw = xw + b;
             }
             let step_b_hh = if self.kind.folds_hidden_bias() {

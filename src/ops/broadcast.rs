@@ -79,15 +79,7 @@ impl Access {
         if aligned[..last_real] == out[..last_real] {
             return Access::Repeat(total / n.max(1));
         }
-        let mut strides = Shape::from_elem(0, rank);
-        let mut acc = 1;
-        for i in (0..rank).rev() {
-            if aligned[i] != 1 {
-                strides[i] = acc;
-            }
-            acc *= aligned[i];
-        }
-        Access::Strided(strides)
+        Access::Strided(Self::strided_always(shape, out))
     }
 }
 
@@ -139,15 +131,46 @@ impl Access {
         }
         strides
     }
+}
 
-    #[inline]
-    fn index(&self, i: usize) -> usize {
-        match *self {
-            Access::Same => i,
-            Access::Tile(n) => i % n,
-            Access::Repeat(m) => i / m,
-            Access::Strided(_) => unreachable!("strided access goes through the odometer"),
-        }
+/// One full-size operand and one stretched by tiling or repeating: the
+/// common bias and per-row-mask cases, run as chunk loops (no index
+/// arithmetic per element). `small_is_b` says which side is stretched.
+#[derive(Debug, Clone, Copy)]
+enum Simple {
+    Tile { n: usize, small_is_b: bool },
+    Repeat { m: usize, small_is_b: bool },
+}
+
+fn simple(aa: &Access, ab: &Access) -> Option<Simple> {
+    match (aa, ab) {
+        (Access::Same, Access::Tile(n)) if *n > 0 => Some(Simple::Tile {
+            n: *n,
+            small_is_b: true,
+        }),
+        (Access::Tile(n), Access::Same) if *n > 0 => Some(Simple::Tile {
+            n: *n,
+            small_is_b: false,
+        }),
+        (Access::Same, Access::Repeat(m)) if *m > 0 => Some(Simple::Repeat {
+            m: *m,
+            small_is_b: true,
+        }),
+        (Access::Repeat(m), Access::Same) if *m > 0 => Some(Simple::Repeat {
+            m: *m,
+            small_is_b: false,
+        }),
+        _ => None,
+    }
+}
+
+/// `(a-element, b-element)` from the full-size and the stretched value.
+#[inline(always)]
+fn order<F>(big: F, small: F, small_is_b: bool) -> (F, F) {
+    if small_is_b {
+        (big, small)
+    } else {
+        (small, big)
     }
 }
 
@@ -161,41 +184,43 @@ pub(crate) fn zip<F: Real>(
 ) {
     let aa = Access::of(a.1, out_shape);
     let ab = Access::of(b.1, out_shape);
-    match (&aa, &ab) {
-        (Access::Same, Access::Same) => super::map2(out, a.0, b.0, f),
-        (Access::Same, Access::Tile(n)) if *n > 0 => {
-            for (oc, xc) in out.chunks_exact_mut(*n).zip(a.0.chunks_exact(*n)) {
-                for ((o, &x), &y) in oc.iter_mut().zip(xc).zip(b.0) {
-                    *o = f(x, y);
-                }
-            }
-        }
-        (Access::Tile(n), Access::Same) if *n > 0 => {
-            for (oc, yc) in out.chunks_exact_mut(*n).zip(b.0.chunks_exact(*n)) {
-                for ((o, &x), &y) in oc.iter_mut().zip(a.0).zip(yc) {
-                    *o = f(x, y);
-                }
-            }
-        }
-        (Access::Strided(_), _) | (_, Access::Strided(_)) => {
-            let sa = strides_of(&aa, a.1, out_shape);
-            let sb = strides_of(&ab, b.1, out_shape);
-            odometer(out_shape, &sa, &sb, |i, ia, ib| {
-                out[i] = f(a.0[ia], b.0[ib])
-            });
-        }
-        _ => {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = f(a.0[aa.index(i)], b.0[ab.index(i)]);
-            }
-        }
+    if let (Access::Same, Access::Same) = (&aa, &ab) {
+        return super::map2(out, a.0, b.0, f);
     }
+    if let Some(pattern) = simple(&aa, &ab) {
+        match pattern {
+            Simple::Tile { n, small_is_b } => {
+                let (big, small) = if small_is_b { (a.0, b.0) } else { (b.0, a.0) };
+                let small = &small[..n];
+                for (oc, bc) in out.chunks_exact_mut(n).zip(big.chunks_exact(n)) {
+                    for j in 0..n {
+                        let (x, y) = order(bc[j], small[j], small_is_b);
+                        oc[j] = f(x, y);
+                    }
+                }
+            }
+            Simple::Repeat { m, small_is_b } => {
+                let (big, small) = if small_is_b { (a.0, b.0) } else { (b.0, a.0) };
+                for ((oc, bc), &s) in out.chunks_exact_mut(m).zip(big.chunks_exact(m)).zip(small) {
+                    for j in 0..m {
+                        let (x, y) = order(bc[j], s, small_is_b);
+                        oc[j] = f(x, y);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let sa = strides_of(&aa, a.1, out_shape);
+    let sb = strides_of(&ab, b.1, out_shape);
+    odometer(out_shape, &sa, &sb, |i, ia, ib| {
+        out[i] = f(a.0[ia], b.0[ib])
+    });
 }
 
 /// Adds `Σ df(gy[i], a[ia(i)], b[ib(i)])` into the gradient of operand `k`
 /// (0 = a, 1 = b), summing over the dimensions that operand was stretched
-/// along. `dst` must already be zeroed or hold earlier contributions, unless
-/// `fresh` and the operand is not stretched.
+/// along.
 pub(crate) fn grad<F: Real>(
     k: usize,
     out_shape: &[usize],
@@ -215,41 +240,83 @@ pub(crate) fn grad<F: Real>(
     };
     let aa = Access::of(a.1, out_shape);
     let ab = Access::of(b.1, out_shape);
-    let mine = if k == 0 { &aa } else { &ab };
-    let strided = matches!(aa, Access::Strided(_)) || matches!(ab, Access::Strided(_));
     if let (Access::Same, Access::Same) = (&aa, &ab) {
-        let vals = gy
-            .iter()
-            .zip(a.0)
-            .zip(b.0)
-            .map(|((&g, &x), &y)| df(g, x, y));
-        slot.put(vals);
+        slot.put3(gy, a.0, b.0, df);
         return;
     }
-    if *mine == Access::Same && !strided {
-        // This operand is full size, the other one is stretched.
-        let vals = gy
-            .iter()
-            .enumerate()
-            .map(|(i, &g)| df(g, a.0[aa.index(i)], b.0[ab.index(i)]));
-        slot.put(vals);
+    if let Some(pattern) = simple(&aa, &ab) {
+        let small_is_b = match pattern {
+            Simple::Tile { small_is_b, .. } | Simple::Repeat { small_is_b, .. } => small_is_b,
+        };
+        let (big, small) = if small_is_b { (a.0, b.0) } else { (b.0, a.0) };
+        let k_is_small = (k == 1) == small_is_b;
+        let fresh = slot.fresh;
+        match (pattern, k_is_small) {
+            (Simple::Tile { n, .. }, false) => {
+                let small = &small[..n];
+                let chunks = slot
+                    .data
+                    .chunks_exact_mut(n)
+                    .zip(gy.chunks_exact(n))
+                    .zip(big.chunks_exact(n));
+                for ((dc, gc), bc) in chunks {
+                    for j in 0..n {
+                        let (x, y) = order(bc[j], small[j], small_is_b);
+                        let v = df(gc[j], x, y);
+                        dc[j] = if fresh { v } else { dc[j] + v };
+                    }
+                }
+            }
+            (Simple::Tile { n, .. }, true) => {
+                let small = &small[..n];
+                let dst = &mut slot.for_adding()[..n];
+                for (gc, bc) in gy.chunks_exact(n).zip(big.chunks_exact(n)) {
+                    for j in 0..n {
+                        let (x, y) = order(bc[j], small[j], small_is_b);
+                        dst[j] = dst[j] + df(gc[j], x, y);
+                    }
+                }
+            }
+            (Simple::Repeat { m, .. }, false) => {
+                let chunks = slot
+                    .data
+                    .chunks_exact_mut(m)
+                    .zip(gy.chunks_exact(m))
+                    .zip(big.chunks_exact(m));
+                for (((dc, gc), bc), &s) in chunks.zip(small) {
+                    for j in 0..m {
+                        let (x, y) = order(bc[j], s, small_is_b);
+                        let v = df(gc[j], x, y);
+                        dc[j] = if fresh { v } else { dc[j] + v };
+                    }
+                }
+            }
+            (Simple::Repeat { m, .. }, true) => {
+                let dst = slot.for_adding();
+                for (((d, gc), bc), &s) in dst
+                    .iter_mut()
+                    .zip(gy.chunks_exact(m))
+                    .zip(big.chunks_exact(m))
+                    .zip(small)
+                {
+                    let mut acc = F::zero();
+                    for j in 0..m {
+                        let (x, y) = order(bc[j], s, small_is_b);
+                        acc = acc + df(gc[j], x, y);
+                    }
+                    *d = *d + acc;
+                }
+            }
+        }
         return;
     }
     let dst = slot.for_adding();
-    if strided {
-        let sa = strides_of(&aa, a.1, out_shape);
-        let sb = strides_of(&ab, b.1, out_shape);
-        odometer(out_shape, &sa, &sb, |i, ia, ib| {
-            let d = if k == 0 { ia } else { ib };
-            dst[d] = dst[d] + df(gy[i], a.0[ia], b.0[ib]);
-        });
-    } else {
-        for (i, &g) in gy.iter().enumerate() {
-            let (ia, ib) = (aa.index(i), ab.index(i));
-            let d = if k == 0 { ia } else { ib };
-            dst[d] = dst[d] + df(g, a.0[ia], b.0[ib]);
-        }
-    }
+    let sa = strides_of(&aa, a.1, out_shape);
+    let sb = strides_of(&ab, b.1, out_shape);
+    odometer(out_shape, &sa, &sb, |i, ia, ib| {
+        let d = if k == 0 { ia } else { ib };
+        dst[d] = dst[d] + df(gy[i], a.0[ia], b.0[ib]);
+    });
 }
 
 #[cfg(test)]
