@@ -88,6 +88,80 @@ impl LinalgOp {
     }
 }
 
+/// Weight-gradient contributions deferred to one GEMM (see
+/// [`LinalgOp::deferrable`]): for each use, the output gradient G_t and the
+/// left operand A_t.
+pub(crate) struct Deferred<'a, F> {
+    pub(crate) gy: &'a [F],
+    pub(crate) a: &'a Tensor<F>,
+}
+
+/// Largest left-operand row count for which a weight gradient is deferred:
+/// beyond it the per-use GEMM is already efficient and deferring would only
+/// keep G_t alive longer.
+const DEFER_MAX_ROWS: usize = 512;
+
+impl LinalgOp {
+    /// Whether the gradient for input `k` of this node may be deferred and
+    /// batched with the node's other uses of the same weight: a weight `b`
+    /// (a leaf) multiplied by a small left operand, as the recurrent
+    /// `h(t−1)·W_hhᵀ` is at every step. The T contributions Σ_t G_tᵀ·A_t
+    /// then become one GEMM over the stacked rows [G_1; …; G_T]ᵀ·[A_1; …; A_T]
+    /// instead of T thin ones — the same sum, in one call that runs near the
+    /// kernel's peak. Returns `Some(tb)` when deferrable.
+    pub(crate) fn deferrable<F: Real>(&self, k: usize, a: &Tensor<F>) -> Option<bool> {
+        match *self {
+            LinalgOp::Matmul { ta: false, tb } if k == 1 && a.shape()[0] <= DEFER_MAX_ROWS => {
+                Some(tb)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Adds Σ_t G_tᵀ·A_t (or Σ_t A_tᵀ·G_t when `!tb`) into `slot`, stacking the
+/// contributions into two contiguous blocks first so that it is one GEMM.
+pub(crate) fn flush_deferred<F: Real>(
+    tb: bool,
+    items: &[Deferred<'_, F>],
+    slot: GradSlot<'_, F>,
+    pool: &mut crate::tape::pool::Pool<F>,
+) -> crate::error::Result<()> {
+    let acc = !slot.fresh;
+    let (k, n) = (
+        items[0].a.shape()[1],
+        items[0].gy.len() / items[0].a.shape()[0].max(1),
+    );
+    let rows: usize = items.iter().map(|d| d.a.shape()[0]).sum();
+    let (g, a) = if items.len() == 1 {
+        (None, None)
+    } else {
+        let mut g = pool.take(rows * n, "backward")?;
+        let mut a = pool.take(rows * k, "backward")?;
+        let (mut pg, mut pa) = (0, 0);
+        for d in items {
+            g[pg..pg + d.gy.len()].copy_from_slice(d.gy);
+            a[pa..pa + d.a.numel()].copy_from_slice(d.a.data());
+            pg += d.gy.len();
+            pa += d.a.numel();
+        }
+        (Some(g), Some(a))
+    };
+    {
+        let gv = MatRef::row_major(g.as_deref().unwrap_or(items[0].gy), rows, n);
+        let av = MatRef::row_major(a.as_deref().unwrap_or(items[0].a.data()), rows, k);
+        if tb {
+            F::gemm(MatMut::row_major(slot.data, n, k), gv.t(), av, acc);
+        } else {
+            F::gemm(MatMut::row_major(slot.data, k, n), av.t(), gv, acc);
+        }
+    }
+    for buf in [g, a].into_iter().flatten() {
+        pool.give(buf);
+    }
+    Ok(())
+}
+
 fn check_2d<F: Real>(op: &str, a: &Tensor<F>, b: &Tensor<F>) -> Result<()> {
     if a.rank() != 2 || b.rank() != 2 {
         return Err(Error::shape(

@@ -141,6 +141,15 @@ impl<F: Real> Op<F> {
         }
     }
 
+    /// `Some(tb)` if the gradient for input `k` may be deferred and batched
+    /// with the other uses of the same weight (see `linalg::LinalgOp::deferrable`).
+    pub(crate) fn deferrable(&self, k: usize, x0: &Tensor<F>) -> Option<bool> {
+        match self {
+            Op::Linalg(o) => o.deferrable(k, x0),
+            _ => None,
+        }
+    }
+
     /// Returns any buffers the op saved to the pool (tape reset).
     pub(crate) fn recycle(self, pool: &mut Pool<F>) {
         match self {

@@ -17,11 +17,13 @@
 
 use super::{check_finite, NodeId, Tape, Var};
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops::linalg::{flush_deferred, Deferred};
 use crate::ops::{BackwardCtx, GradSlot, Op};
 use crate::params::ParamKey;
 use crate::tensor::Tensor;
 use crate::Real;
 use smallvec::SmallVec;
+use std::collections::HashMap;
 
 /// The gradients from one backward pass, keyed by var and by parameter.
 ///
@@ -162,8 +164,32 @@ impl<F: Real> Tape<F> {
             });
         }
 
+        // Weight gradients deferred to one GEMM per weight (see
+        // `ops::linalg::flush_deferred`): weight node id → (tb, [(G_t, A_t node)]).
+        let mut deferred: HashMap<usize, (bool, Vec<(Vec<F>, usize)>)> = HashMap::new();
+
         for i in (0..=root).rev() {
             let node = &nodes[i];
+            if let Some((tb, items)) = deferred.remove(&i) {
+                let fresh = slots[i].is_none();
+                if fresh {
+                    slots[i] = Some(pool.take(node.value.numel(), "backward")?);
+                }
+                {
+                    let list: Vec<Deferred<'_, F>> = items
+                        .iter()
+                        .map(|(g, a)| Deferred {
+                            gy: g,
+                            a: &nodes[*a].value,
+                        })
+                        .collect();
+                    let data = slots[i].as_mut().expect("slot was just filled");
+                    flush_deferred(tb, &list, GradSlot { data, fresh }, pool)?;
+                }
+                for (g, _) in items {
+                    pool.give(g);
+                }
+            }
             let Some(gy) = slots[i].take() else { continue };
             if !node.inputs.is_empty() {
                 let gy_t = Tensor::from_parts(node.value.shape().into(), gy);
@@ -177,10 +203,17 @@ impl<F: Real> Tape<F> {
                     y: &node.value,
                     gy: &gy_t,
                 };
+                let mut defer_to = None;
                 for (k, &j) in node.inputs.iter().enumerate() {
                     let j = j as usize;
                     if !nodes[j].requires_grad {
                         continue;
+                    }
+                    if nodes[j].inputs.is_empty() && !inner.anomaly {
+                        if let Some(tb) = node.op.deferrable(k, x[0]) {
+                            defer_to = Some((j, tb));
+                            continue;
+                        }
                     }
                     let fresh = slots[j].is_none();
                     if fresh {
@@ -201,10 +234,16 @@ impl<F: Real> Tape<F> {
                     }
                 }
                 let gy = gy_t.into_vec();
-                if node.retain {
-                    slots[i] = Some(gy);
-                } else {
-                    pool.give(gy);
+                match (defer_to, node.retain) {
+                    (Some((j, tb)), retain) => {
+                        if retain {
+                            slots[i] = Some(gy.clone());
+                        }
+                        let entry = deferred.entry(j).or_insert_with(|| (tb, Vec::new()));
+                        entry.1.push((gy, node.inputs[0] as usize));
+                    }
+                    (None, true) => slots[i] = Some(gy),
+                    (None, false) => pool.give(gy),
                 }
             } else {
                 // A leaf: keep its gradient.
