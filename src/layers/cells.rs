@@ -69,7 +69,7 @@ impl CellKind {
         let tape = xw.tape();
         match self {
             CellKind::Rnn(phi) => {
-                let a = xw + h.matmul_t(w_hh);
+                let a = xw.addmm_t(h, w_hh);
                 let h = match phi {
                     Nonlinearity::Tanh => a.tanh(),
                     Nonlinearity::Relu => a.relu(),
@@ -80,7 +80,7 @@ impl CellKind {
                 let c_prev = c.expect("an LSTM step needs a cell state");
                 let z = {
                     let _s = tape.scope("gates");
-                    xw + h.matmul_t(w_hh)
+                    xw.addmm_t(h, w_hh)
                 };
                 let parts = z.split(1, 4);
                 let i = gate(parts[0], "input_gate", Var::sigmoid);

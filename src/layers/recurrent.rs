@@ -130,9 +130,8 @@ impl<'t, F: Real> SeqOutput<'t, F> {
     /// # Panics
     /// If there are no steps.
     pub fn stacked_rows(&self) -> Var<'t, F> {
-        let first = self.outputs.first().expect("stacked_rows: no time steps");
-        let s = first.shape();
-        Var::concat(&self.outputs, 0).reshape(&[self.outputs.len() * s[0], s[1]])
+        assert!(!self.outputs.is_empty(), "stacked_rows: no time steps");
+        Var::concat(&self.outputs, 0)
     }
 
     /// All outputs as one [T × B × D·H] var.
@@ -360,12 +359,12 @@ impl Recurrent {
         });
 
         let mut input = x;
-        let mut in_size = self.cfg.input_size;
         let mut final_h = Vec::with_capacity(state.h.len());
         let mut final_c = Vec::new();
         let mut layer_out: Vec<Var<'t, F>> = Vec::new();
         for l in 0..self.cfg.num_layers {
-            let flat = input.reshape(&[steps * batch, in_size]);
+            // [T×B×In] is read as [T·B × In] by matmul: no reshape copy.
+            let flat = input;
             let mut dir_outs: Vec<Vec<Var<'t, F>>> = Vec::with_capacity(dirs);
             for d in 0..dirs {
                 let idx = l * dirs + d;
@@ -435,7 +434,6 @@ impl Recurrent {
                     .collect()
             };
             if l + 1 < self.cfg.num_layers {
-                in_size = dirs * h;
                 input = Var::stack(&layer_out, 0);
                 if let (Some(seed), true) = (opts.dropout_seed, self.cfg.dropout > 0.0) {
                     input = input.dropout(self.cfg.dropout, derive_seed(seed, l as u64));

@@ -17,19 +17,29 @@ use crate::error::{Error, Result};
 use crate::tensor::gemm::{MatMut, MatRef};
 use crate::tensor::{Shape, Tensor};
 use crate::{Real, Var};
+use smallvec::SmallVec;
 
 /// A linear-algebra op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LinalgOp {
-    /// `y = op(a)·op(b)` where op transposes when the flag is set.
-    Matmul { ta: bool, tb: bool },
+    /// `y = op(a)·op(b) (+ c)` where op transposes when the flag is set and
+    /// `c` (a third input, same shape as y) is added when `add` (`addmm`).
+    Matmul { ta: bool, tb: bool, add: bool },
     /// `y = aᵀ` (2-D); ∂L/∂a = Gᵀ.
     Transpose,
 }
 
-/// A row-major 2-D tensor as a view, transposed by strides when asked.
+/// A tensor as a matrix: [rows × last] with every leading dimension folded
+/// into the rows (a 2-D tensor is itself).
+fn dims2<F: Real>(t: &Tensor<F>) -> (usize, usize) {
+    let cols = t.shape().last().copied().unwrap_or(1);
+    (t.numel() / cols.max(1), cols)
+}
+
+/// A row-major tensor as a matrix view, transposed by strides when asked.
 fn view<F: Real>(t: &Tensor<F>, transposed: bool) -> MatRef<'_, F> {
-    let v = MatRef::row_major(t.data(), t.shape()[0], t.shape()[1]);
+    let (rows, cols) = dims2(t);
+    let v = MatRef::row_major(t.data(), rows, cols);
     if transposed {
         v.t()
     } else {
@@ -40,19 +50,19 @@ fn view<F: Real>(t: &Tensor<F>, transposed: bool) -> MatRef<'_, F> {
 impl LinalgOp {
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            LinalgOp::Matmul {
-                ta: false,
-                tb: false,
-            } => "matmul",
-            LinalgOp::Matmul {
-                ta: false,
-                tb: true,
-            } => "matmul_t",
-            LinalgOp::Matmul {
-                ta: true,
-                tb: false,
-            } => "t_matmul",
-            LinalgOp::Matmul { ta: true, tb: true } => "t_matmul_t",
+            LinalgOp::Matmul { ta, tb, add } => {
+                const NAMES: [&str; 8] = [
+                    "matmul",
+                    "matmul_t",
+                    "t_matmul",
+                    "t_matmul_t",
+                    "addmm",
+                    "addmm_t",
+                    "addmm(aᵀ)",
+                    "addmm(aᵀ, bᵀ)",
+                ];
+                NAMES[(*add as usize) * 4 + (*ta as usize) * 2 + (*tb as usize)]
+            }
             LinalgOp::Transpose => "transpose",
         }
     }
@@ -65,11 +75,16 @@ impl LinalgOp {
     ) {
         let acc = !slot.fresh;
         match *self {
-            LinalgOp::Matmul { ta, tb } => {
+            LinalgOp::Matmul { add: true, .. } if k == 2 => {
+                // ∂L/∂c = G.
+                let g = c.gy.data();
+                slot.put3(g, g, g, |g, _, _| g);
+            }
+            LinalgOp::Matmul { ta, tb, .. } => {
                 let a = view(c.x[0], ta);
                 let b = view(c.x[1], tb);
                 let g = view(c.gy, false);
-                let (rows, cols) = (c.x[k].shape()[0], c.x[k].shape()[1]);
+                let (rows, cols) = dims2(c.x[k]);
                 let dst = MatMut::row_major(slot.data, rows, cols);
                 match (k, ta, tb) {
                     (0, false, _) => F::gemm(dst, g, b.t(), acc), // G·Bᵀ
@@ -111,7 +126,7 @@ impl LinalgOp {
     /// kernel's peak. Returns `Some(tb)` when deferrable.
     pub(crate) fn deferrable<F: Real>(&self, k: usize, a: &Tensor<F>) -> Option<bool> {
         match *self {
-            LinalgOp::Matmul { ta: false, tb } if k == 1 && a.shape()[0] <= DEFER_MAX_ROWS => {
+            LinalgOp::Matmul { ta: false, tb, .. } if k == 1 && dims2(a).0 <= DEFER_MAX_ROWS => {
                 Some(tb)
             }
             _ => None,
@@ -128,11 +143,9 @@ pub(crate) fn flush_deferred<F: Real>(
     pool: &mut crate::tape::pool::Pool<F>,
 ) -> crate::error::Result<()> {
     let acc = !slot.fresh;
-    let (k, n) = (
-        items[0].a.shape()[1],
-        items[0].gy.len() / items[0].a.shape()[0].max(1),
-    );
-    let rows: usize = items.iter().map(|d| d.a.shape()[0]).sum();
+    let (r0, k) = dims2(items[0].a);
+    let n = items[0].gy.len() / r0.max(1);
+    let rows: usize = items.iter().map(|d| dims2(d.a).0).sum();
     let (g, a) = if items.len() == 1 {
         (None, None)
     } else {
@@ -162,47 +175,82 @@ pub(crate) fn flush_deferred<F: Real>(
     Ok(())
 }
 
-fn check_2d<F: Real>(op: &str, a: &Tensor<F>, b: &Tensor<F>) -> Result<()> {
-    if a.rank() != 2 || b.rank() != 2 {
+/// Checks the operands of a (possibly transposed, possibly accumulating)
+/// product and returns (m, n). The left operand may have rank > 2 when it
+/// is not transposed: its leading dimensions fold into rows.
+fn check_operands<F: Real>(op: LinalgOp, x: &[&Tensor<F>]) -> Result<(usize, usize)> {
+    let LinalgOp::Matmul { ta, tb, add } = op else {
+        unreachable!("only products have operands to check")
+    };
+    let (a, b) = (x[0], x[1]);
+    let left_ok = a.rank() == 2 || (a.rank() > 2 && !ta);
+    if !left_ok || b.rank() != 2 {
         return Err(Error::shape(
-            op,
+            op.name(),
             format!(
-                "needs two 2-D operands, got {:?} and {:?}",
+                "needs 2-D operands (the left one may be [.., k]), got {:?} and {:?}",
                 a.shape(),
                 b.shape()
             ),
         ));
     }
-    Ok(())
+    let (av, bv) = (view(a, ta), view(b, tb));
+    if av.cols != bv.rows {
+        return Err(Error::shape(
+            op.name(),
+            format!(
+                "inner dimensions differ: {:?}{} · {:?}{} is [{}×{}]·[{}×{}]",
+                a.shape(),
+                if ta { "ᵀ" } else { "" },
+                b.shape(),
+                if tb { "ᵀ" } else { "" },
+                av.rows,
+                av.cols,
+                bv.rows,
+                bv.cols
+            ),
+        ));
+    }
+    if add && x[2].shape() != [av.rows, bv.cols] {
+        return Err(Error::shape(
+            op.name(),
+            format!(
+                "the addend has shape {:?}, the product [{}, {}]",
+                x[2].shape(),
+                av.rows,
+                bv.cols
+            ),
+        ));
+    }
+    Ok((av.rows, bv.cols))
 }
 
 impl<'t, F: Real> Var<'t, F> {
     #[track_caller]
-    fn matmul_flags(self, rhs: Var<'t, F>, ta: bool, tb: bool) -> Var<'t, F> {
-        let op = LinalgOp::Matmul { ta, tb };
-        self.tape().record(op.name(), &[self, rhs], |x, pool| {
-            check_2d(op.name(), x[0], x[1])?;
-            let a = view(x[0], ta);
-            let b = view(x[1], tb);
-            if a.cols != b.rows {
-                return Err(Error::shape(
-                    op.name(),
-                    format!(
-                        "inner dimensions differ: {:?}{} · {:?}{} is [{}×{}]·[{}×{}]",
-                        x[0].shape(),
-                        if ta { "ᵀ" } else { "" },
-                        x[1].shape(),
-                        if tb { "ᵀ" } else { "" },
-                        a.rows,
-                        a.cols,
-                        b.rows,
-                        b.cols
-                    ),
-                ));
-            }
-            let (m, n) = (a.rows, b.cols);
+    fn product(
+        self,
+        rhs: Var<'t, F>,
+        addend: Option<Var<'t, F>>,
+        ta: bool,
+        tb: bool,
+    ) -> Var<'t, F> {
+        let op = LinalgOp::Matmul {
+            ta,
+            tb,
+            add: addend.is_some(),
+        };
+        let inputs: SmallVec<[Var<'t, F>; 3]> = [Some(self), Some(rhs), addend]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.tape().record(op.name(), &inputs, |x, pool| {
+            let (m, n) = check_operands(op, x)?;
             let mut out = pool.take(m.saturating_mul(n), op.name())?;
-            F::gemm(MatMut::row_major(&mut out, m, n), a, b, false);
+            if let Some(c) = x.get(2) {
+                out.copy_from_slice(c.data());
+            }
+            let dst = MatMut::row_major(&mut out, m, n);
+            F::gemm(dst, view(x[0], ta), view(x[1], tb), x.len() == 3);
             Ok((
                 Op::Linalg(op),
                 Tensor::from_parts(Shape::from_slice(&[m, n]), out),
@@ -210,7 +258,62 @@ impl<'t, F: Real> Var<'t, F> {
         })
     }
 
-    /// Matrix product of 2-D vars, `y = a·b` ([m×k]·[k×n] → [m×n]).
+    #[track_caller]
+    fn matmul_flags(self, rhs: Var<'t, F>, ta: bool, tb: bool) -> Var<'t, F> {
+        self.product(rhs, None, ta, tb)
+    }
+
+    /// `y = c + a·b` in one op (`torch.addmm`): the product accumulates
+    /// onto a copy of `c` (here `self`), with no separate add pass.
+    ///
+    /// Gradient: ∂L/∂c = G, ∂L/∂a = G·bᵀ, ∂L/∂b = aᵀ·G.
+    ///
+    /// # Panics
+    /// If the operands are not 2-D, the inner dimensions differ, or `c` is
+    /// not [m×n].
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let c = tape.var(Tensor::ones(&[1, 2]));
+    /// let a = tape.constant(Tensor::from_vec(vec![2.0], &[1, 1]).unwrap());
+    /// let b = tape.var(Tensor::from_vec(vec![3.0, 4.0], &[1, 2]).unwrap());
+    /// let y = c.addmm(a, b);
+    /// assert_eq!(y.value().data(), &[7.0, 9.0]);
+    /// let g = y.sum().backward();
+    /// assert_eq!(g.wrt(c).data(), &[1.0, 1.0]);
+    /// assert_eq!(g.wrt(b).data(), &[2.0, 2.0]);
+    /// ```
+    #[track_caller]
+    pub fn addmm(self, a: Var<'t, F>, b: Var<'t, F>) -> Var<'t, F> {
+        a.product(b, Some(self), false, false)
+    }
+
+    /// `y = c + a·bᵀ` in one op: a step's recurrent term `xw(t) + h(t−1)·W_hhᵀ`.
+    ///
+    /// Gradient: ∂L/∂c = G, ∂L/∂a = G·b, ∂L/∂b = Gᵀ·a.
+    ///
+    /// # Panics
+    /// If the operands are not 2-D, `a.cols ≠ b.cols`, or `c` is not
+    /// [a.rows × b.rows].
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let c = tape.constant(Tensor::zeros(&[1, 3]));
+    /// let h = tape.constant(Tensor::from_vec(vec![1.0, 2.0], &[1, 2]).unwrap());
+    /// let w = tape.var(Tensor::from_vec(vec![1.0, 1.0, 0.0, 3.0, 5.0, 0.0], &[3, 2]).unwrap());
+    /// let y = c.addmm_t(h, w);
+    /// assert_eq!(y.value().data(), &[3.0, 6.0, 5.0]);
+    /// ```
+    #[track_caller]
+    pub fn addmm_t(self, a: Var<'t, F>, b: Var<'t, F>) -> Var<'t, F> {
+        a.product(b, Some(self), false, true)
+    }
+
+    /// Matrix product, `y = a·b` ([m×k]·[k×n] → [m×n]). A left operand of
+    /// rank > 2 is read as [rows × k] with its leading dimensions folded into
+    /// the rows (`[T, B, k]` → `[T·B, k]`, no copy).
     ///
     /// Gradient: ∂L/∂a = G·bᵀ, ∂L/∂b = aᵀ·G, each one GEMM call with a
     /// strided (not copied) transpose.
