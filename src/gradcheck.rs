@@ -34,20 +34,20 @@ pub struct GradcheckReport {
 }
 
 impl GradcheckReport {
-    /// The largest absolute error over all inputs.
+    /// The largest absolute error over all inputs (NaN if any is NaN).
     pub fn max_abs_error(&self) -> f64 {
         self.inputs
             .iter()
             .map(|r| r.max_abs_error)
-            .fold(0.0, f64::max)
+            .fold(0.0, nan_max)
     }
 
-    /// The largest relative error over all inputs.
+    /// The largest relative error over all inputs (NaN if any is NaN).
     pub fn max_rel_error(&self) -> f64 {
         self.inputs
             .iter()
             .map(|r| r.max_rel_error)
-            .fold(0.0, f64::max)
+            .fold(0.0, nan_max)
     }
 
     /// Whether every element satisfies |analytic − numeric| ≤ atol + rtol·|numeric|
@@ -155,7 +155,7 @@ where
                 max_abs = abs;
                 worst = i;
             }
-            max_rel = max_rel.max(rel);
+            max_rel = nan_max(max_rel, rel);
         }
         reports.push(InputReport {
             input: k,
@@ -167,4 +167,14 @@ where
         });
     }
     GradcheckReport { inputs: reports }
+}
+
+/// `f64::max` that keeps a NaN instead of dropping it: a NaN gradient (or
+/// finite difference) must fail a check, not vanish from the report.
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }

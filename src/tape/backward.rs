@@ -25,6 +25,9 @@ use crate::Real;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 
+/// Deferred uses of one weight in one orientation: (G_t, node id of A_t).
+type DeferredUses<F> = Vec<(Vec<F>, usize)>;
+
 /// The gradients from one backward pass, keyed by var and by parameter.
 ///
 /// ```
@@ -164,13 +167,23 @@ impl<F: Real> Tape<F> {
             });
         }
 
-        // Weight gradients deferred to one GEMM per weight (see
-        // `ops::linalg::flush_deferred`): weight node id → (tb, [(G_t, A_t node)]).
-        let mut deferred: HashMap<usize, (bool, Vec<(Vec<F>, usize)>)> = HashMap::new();
+        // Weight gradients deferred to one GEMM per weight and orientation
+        // (see `ops::linalg::flush_deferred`): (weight node id, tb) →
+        // [(G_t, A_t node)]. Uses as `a·W` and as `a·Wᵀ` batch separately:
+        // their contributions are Aᵀ·G and Gᵀ·A, not one stacked product.
+        let mut deferred: HashMap<(usize, bool), DeferredUses<F>> = HashMap::new();
+        // The largest weight id with deferred uses: no lookups above it.
+        let mut deferred_max = 0usize;
 
         for i in (0..=root).rev() {
             let node = &nodes[i];
-            if let Some((tb, items)) = deferred.remove(&i) {
+            for tb in [false, true] {
+                if deferred.is_empty() || i > deferred_max {
+                    break;
+                }
+                let Some(items) = deferred.remove(&(i, tb)) else {
+                    continue;
+                };
                 let fresh = slots[i].is_none();
                 if fresh {
                     slots[i] = Some(pool.take(node.value.numel(), "backward")?);
@@ -239,8 +252,11 @@ impl<F: Real> Tape<F> {
                         if retain {
                             slots[i] = Some(gy.clone());
                         }
-                        let entry = deferred.entry(j).or_insert_with(|| (tb, Vec::new()));
-                        entry.1.push((gy, node.inputs[0] as usize));
+                        deferred_max = deferred_max.max(j);
+                        deferred
+                            .entry((j, tb))
+                            .or_default()
+                            .push((gy, node.inputs[0] as usize));
                     }
                     (None, true) => slots[i] = Some(gy),
                     (None, false) => pool.give(gy),

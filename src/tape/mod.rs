@@ -415,13 +415,13 @@ impl<F: Real> Tape<F> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let label = inner.scopes.current;
-        for v in inputs {
+        for (k, v) in inputs.iter().enumerate() {
             if !v.is_on(self) {
                 return Err(Error::new(
                     ErrorKind::ForeignTape,
                     op_name,
                     format!(
-                        "operand {} belongs to tape #{}, but the op is recorded on tape #{}",
+                        "operand {k} (%{}) belongs to tape #{}, but the op is recorded on tape #{}",
                         v.id(),
                         v.tape().id(),
                         self.id

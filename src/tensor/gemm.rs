@@ -1,11 +1,12 @@
 //! Matrix multiplication: strided matrix views, the `gemm`-crate kernels for
 //! `f32`/`f64`, the generic fallback, and the thread policy.
 //!
-//! This is the only module with `unsafe` code. The `gemm` crate (chosen over
-//! `matrixmultiply` by measurement, see `docs/design.md`; both expose only a
-//! raw-pointer API) is called through [`fast_f32`]/[`fast_f64`], which first
-//! check, in safe code, that every index the kernel can touch lies inside
-//! the borrowed slices. Transposes are strides: `aᵀ` is the same slice with
+//! This is the only module with `unsafe` code. The `gemm` crate (chosen by
+//! measurement, see `docs/design.md`) and, for column-major right operands
+//! with few left rows, `matrixmultiply` (both expose only a raw-pointer API)
+//! are called through [`fast_f32`]/[`fast_f64`], which first check, in safe
+//! code, that every index the kernel can touch lies inside the borrowed
+//! slices. Transposes are strides: `aᵀ` is the same slice with
 //! row and column strides swapped, so backward never materialises one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -133,9 +134,21 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     }
 }
 
+/// Whether `matrixmultiply` should take this product: a column-major right
+/// operand (`x·Wᵀ` with W stored [n×k] row-major) with a few rows on the
+/// left, single-threaded. There the `gemm` crate's packing of the right
+/// operand dominates and runs 2–3× slower than `matrixmultiply`'s; for
+/// row-major right operands, for m < 8 (matrix–vector) and for small
+/// products `gemm` is faster (measurements in docs/design.md).
+fn prefer_matrixmultiply(m: usize, n: usize, k: usize, b_rs: usize, b_cs: usize) -> bool {
+    b_rs == 1 && b_cs > 1 && m >= 8 && k.saturating_mul(n) >= 1 << 18
+}
+
 macro_rules! fast {
-    ($name:ident, $t:ty) => {
-        /// `c ← a·b` or `c ← c + a·b` with the `gemm` crate's kernels.
+    ($name:ident, $t:ty, $mm:ident) => {
+        /// `c ← a·b` or `c ← c + a·b` with the `gemm` crate's kernels (or
+        /// `matrixmultiply`'s where its packing is faster, see
+        /// `prefer_matrixmultiply`).
         pub fn $name(c: MatMut<'_, $t>, a: MatRef<'_, $t>, b: MatRef<'_, $t>, accumulate: bool) {
             check(&c, &a, &b);
             let (m, n, k) = (c.rows, c.cols, a.cols);
@@ -145,6 +158,33 @@ macro_rules! fast {
             if k == 0 {
                 if !accumulate {
                     c.data.fill(0.0);
+                }
+                return;
+            }
+            let par = parallelism(m, n, k);
+            if matches!(par, gemm::Parallelism::None) && prefer_matrixmultiply(m, n, k, b.rs, b.cs)
+            {
+                // SAFETY: as below; matrixmultiply reads a[i*rs + j*cs] for
+                // i < m, j < k (and likewise b, c) exactly as `check` proved
+                // in bounds, and c does not overlap a or b.
+                #[allow(unsafe_code)]
+                unsafe {
+                    matrixmultiply::$mm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.data.as_ptr(),
+                        a.rs as isize,
+                        a.cs as isize,
+                        b.data.as_ptr(),
+                        b.rs as isize,
+                        b.cs as isize,
+                        if accumulate { 1.0 } else { 0.0 },
+                        c.data.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
                 }
                 return;
             }
@@ -174,15 +214,15 @@ macro_rules! fast {
                     false,
                     false,
                     false,
-                    parallelism(m, n, k),
+                    par,
                 );
             }
         }
     };
 }
 
-fast!(fast_f32, f32);
-fast!(fast_f64, f64);
+fast!(fast_f32, f32, sgemm);
+fast!(fast_f64, f64, dgemm);
 
 /// The generic fallback: a plain i-k-j loop, correct for any `Float`.
 pub fn naive<F: num_traits::Float>(
@@ -234,6 +274,37 @@ mod tests {
             );
             for (x, y) in c1.iter().zip(&c2) {
                 assert!((x - y).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn matrixmultiply_path_matches_naive() {
+        // m ≥ 8, k·n ≥ 2^18, column-major right operand: the matrixmultiply path.
+        let (m, k, n) = (9, 512, 512);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.013).sin()).collect();
+        let w: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.007).cos()).collect();
+        assert!(prefer_matrixmultiply(m, n, k, 1, k));
+        for &acc in &[false, true] {
+            let mut c1 = vec![0.5; m * n];
+            let mut c2 = vec![0.5; m * n];
+            let wt = MatRef::row_major(&w, n, k).t();
+            naive(
+                MatMut::row_major(&mut c1, m, n),
+                MatRef::row_major(&a, m, k),
+                wt,
+                acc,
+            );
+            set_num_threads(1);
+            fast_f64(
+                MatMut::row_major(&mut c2, m, n),
+                MatRef::row_major(&a, m, k),
+                wt,
+                acc,
+            );
+            set_num_threads(0);
+            for (x, y) in c1.iter().zip(&c2) {
+                assert!((x - y).abs() < 1e-9, "{x} vs {y}");
             }
         }
     }
