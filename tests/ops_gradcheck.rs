@@ -70,6 +70,9 @@ enum OpSpec {
     Matmul,
     MatmulT,
     TMatmul,
+    Addmm,
+    AddmmT,
+    MatmulBatched,
     Transpose,
     Tanh,
     Sigmoid,
@@ -148,6 +151,9 @@ impl OpSpec {
             OpSpec::Matmul => x[0].matmul(x[1]),
             OpSpec::MatmulT => x[0].matmul_t(x[1]),
             OpSpec::TMatmul => x[0].t_matmul(x[1]),
+            OpSpec::Addmm => x[2].addmm(x[0], x[1]),
+            OpSpec::AddmmT => x[2].addmm_t(x[0], x[1]),
+            OpSpec::MatmulBatched => x[0].matmul_t(x[1]),
             OpSpec::Transpose => x[0].transpose(),
             OpSpec::Tanh => x[0].tanh(),
             OpSpec::Sigmoid => x[0].sigmoid(),
@@ -546,7 +552,10 @@ properties! {
 // ----- linear algebra ------------------------------------------------------
 
 /// Products with operand shapes built from (m, k, n).
-fn product(op: OpSpec, shapes: fn(usize, usize, usize) -> [Vec<usize>; 2]) -> BoxedStrategy<Case> {
+fn product<const N: usize>(
+    op: OpSpec,
+    shapes: fn(usize, usize, usize) -> [Vec<usize>; N],
+) -> BoxedStrategy<Case> {
     cases(
         (1usize..=5, 1usize..=5, 1usize..=5).prop_flat_map(move |(m, k, n)| {
             let op = op.clone();
@@ -559,6 +568,11 @@ properties! {
     matmul => product(OpSpec::Matmul, |m, k, n| [vec![m, k], vec![k, n]]);
     matmul_t => product(OpSpec::MatmulT, |m, k, n| [vec![m, k], vec![n, k]]);
     t_matmul => product(OpSpec::TMatmul, |m, k, n| [vec![k, m], vec![k, n]]);
+    // c + a·b and c + a·bᵀ (inputs: a, b, c).
+    addmm => product(OpSpec::Addmm, |m, k, n| [vec![m, k], vec![k, n], vec![m, n]]);
+    addmm_t => product(OpSpec::AddmmT, |m, k, n| [vec![m, k], vec![n, k], vec![m, n]]);
+    // A rank-3 left operand [T, B, k] read as [T·B, k].
+    matmul_batched => product(OpSpec::MatmulBatched, |m, k, n| [vec![2, m, k], vec![n, k]]);
     transpose => unary(OpSpec::Transpose, 2..=2, uniform(-2.0, 2.0));
 }
 
