@@ -65,12 +65,17 @@ fn rows_cols(shape: &[usize]) -> (usize, usize) {
     (shape.iter().product::<usize>() / cols.max(1), cols)
 }
 
-/// Writes softmax of each row of `x` into `out` (stable).
-fn softmax_rows<F: Real>(x: &[F], cols: usize, out: &mut [F]) {
+/// Writes softmax of each row of `x` into `out` (stable), and calls
+/// `lse(row, logsumexp of the row)` — one exp per element for both.
+fn softmax_rows<F: Real>(x: &[F], cols: usize, out: &mut [F], mut lse: impl FnMut(usize, F)) {
     if cols == 0 {
         return;
     }
-    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+    for (r, (xr, or)) in x
+        .chunks_exact(cols)
+        .zip(out.chunks_exact_mut(cols))
+        .enumerate()
+    {
         let m = xr.iter().copied().fold(F::neg_infinity(), F::max);
         let mut s = F::zero();
         for (o, &v) in or.iter_mut().zip(xr) {
@@ -79,6 +84,7 @@ fn softmax_rows<F: Real>(x: &[F], cols: usize, out: &mut [F]) {
         }
         let inv = F::one() / s;
         or.iter_mut().for_each(|o| *o = *o * inv);
+        lse(r, m + s.ln());
     }
 }
 
@@ -130,18 +136,31 @@ impl<F: Real> LossOp<F> {
                 reduction,
                 probs,
             } => {
-                let cols = rows_cols(c.x[0].shape()).1;
-                let n = targets.len();
-                let scale = |row: usize| match reduction {
-                    Reduction::Sum => gy[0],
-                    Reduction::Mean => gy[0] / F::of(n as f64),
-                    Reduction::None => gy[row],
-                };
-                slot.put(probs.iter().enumerate().map(|(i, &p)| {
-                    let (row, col) = (i / cols, i % cols);
-                    let e = if targets[row] == col { p - F::one() } else { p };
-                    e * scale(row)
-                }));
+                // Per row: ∂ℓ/∂x = (p − onehot(t))·s, s the row's seed.
+                let cols = rows_cols(c.x[0].shape()).1.max(1);
+                let n = F::of(targets.len() as f64);
+                let fresh = slot.fresh;
+                let rows = slot
+                    .data
+                    .chunks_exact_mut(cols)
+                    .zip(probs.chunks_exact(cols));
+                for (r, (d, p)) in rows.enumerate() {
+                    let s = match reduction {
+                        Reduction::Sum => gy[0],
+                        Reduction::Mean => gy[0] / n,
+                        Reduction::None => gy[r],
+                    };
+                    if fresh {
+                        for j in 0..cols {
+                            d[j] = p[j] * s;
+                        }
+                    } else {
+                        for j in 0..cols {
+                            d[j] = d[j] + p[j] * s;
+                        }
+                    }
+                    d[targets[r]] = d[targets[r]] - s;
+                }
             }
             LossOp::Mse { reduction } => {
                 let (a, b) = (c.x[0].data(), c.x[1].data());
@@ -183,7 +202,7 @@ impl<'t, F: Real> Var<'t, F> {
             let x = x[0];
             let (_, cols) = rows_cols(x.shape());
             let mut out = pool.take(x.numel(), "softmax")?;
-            softmax_rows(x.data(), cols, &mut out);
+            softmax_rows(x.data(), cols, &mut out, |_, _| {});
             Ok((
                 Op::Loss(LossOp::Softmax),
                 Tensor::from_parts(x.shape().into(), out),
@@ -268,18 +287,12 @@ impl<'t, F: Real> Var<'t, F> {
                 ));
             }
             let mut probs = pool.take(x.numel(), "cross_entropy")?;
-            softmax_rows(x.data(), cols, &mut probs);
             let mut losses = pool.take(rows, "cross_entropy")?;
-            for (r, (xr, l)) in x
-                .data()
-                .chunks_exact(cols.max(1))
-                .zip(losses.iter_mut())
-                .enumerate()
-            {
-                let m = xr.iter().copied().fold(F::neg_infinity(), F::max);
-                let lse = xr.iter().map(|&v| (v - m).exp()).sum::<F>().ln() + m;
-                *l = lse - xr[targets[r]];
-            }
+            let xd = x.data();
+            // ℓ = logsumexp(x) − x[t]: stable even where p[t] underflows.
+            softmax_rows(xd, cols, &mut probs, |r, lse| {
+                losses[r] = lse - xd[r * cols + targets[r]];
+            });
             let value = match reduction {
                 Reduction::None => Tensor::from_parts(Shape::from_slice(&[rows]), losses),
                 Reduction::Sum | Reduction::Mean => {

@@ -65,17 +65,28 @@ impl ShapeOp {
         match self {
             ShapeOp::Reshape => slot.put(gy.iter().copied()),
             ShapeOp::Concat { axis, .. } => {
+                // Input k's block of every outer row, copied (or added) whole.
                 let (outer, total, inner) = around(c.gy.shape(), *axis);
-                let offset: usize = c.x[..k]
-                    .iter()
-                    .map(|t| t.numel() / (outer * inner).max(1))
-                    .sum();
-                let n = c.x[k].numel() / (outer * inner).max(1);
-                let blocks = (0..outer).flat_map(|o| {
+                let per = (outer * inner).max(1);
+                let offset: usize = c.x[..k].iter().map(|t| t.numel() / per).sum();
+                let block = c.x[k].numel() / per * inner;
+                let fresh = slot.fresh;
+                for (o, d) in slot
+                    .data
+                    .chunks_exact_mut(block.max(1))
+                    .enumerate()
+                    .take(outer)
+                {
                     let from = (o * total + offset) * inner;
-                    gy[from..from + n * inner].iter().copied()
-                });
-                slot.put(blocks);
+                    let g = &gy[from..from + block];
+                    if fresh {
+                        d.copy_from_slice(g);
+                    } else {
+                        for (d, &g) in d.iter_mut().zip(g) {
+                            *d = *d + g;
+                        }
+                    }
+                }
             }
             ShapeOp::Slice { axis, start, len } => {
                 let (outer, n, inner) = around(c.x[0].shape(), *axis);
