@@ -3,9 +3,9 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::{Grads, Real};
 
-/// Scales every parameter gradient by min(1, max_norm / ‖g‖), where ‖g‖ is
-/// the L2 norm over all parameter gradients together, and returns ‖g‖
-/// (before clipping).
+/// Scales every parameter gradient by max_norm / (‖g‖ + 10⁻⁶) when ‖g‖ >
+/// max_norm (PyTorch's `clip_grad_norm_`), where ‖g‖ is the L2 norm over
+/// all parameter gradients together, and returns ‖g‖ (before clipping).
 ///
 /// # Errors
 /// [`ErrorKind::NonFinite`] if ‖g‖ is NaN or ∞ and `error_if_nonfinite`;
@@ -20,7 +20,8 @@ use crate::{Grads, Real};
 /// let mut g = (tape.param(&store, w) * tape.param(&store, w)).sum().mul_scalar(0.5).backward();
 /// let norm = clip_grad_norm(&mut g, 1.0, true).unwrap();
 /// assert_eq!(norm, 5.0);
-/// assert!((g.params_norm() - 1.0).abs() < 1e-12);
+/// // [3, 4]·1/(5 + 1e-6): the norm is 5/(5 + 1e-6), just under 1
+/// assert!((g.params_norm() - 5.0 / (5.0 + 1e-6)).abs() < 1e-15);
 /// ```
 pub fn clip_grad_norm<F: Real>(
     grads: &mut Grads<F>,

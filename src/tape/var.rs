@@ -23,7 +23,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 /// let a = tape.var(Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap());
 /// let b = tape.constant(Tensor::from_vec(vec![3.0, 4.0], &[2]).unwrap());
 /// let y = (a * b + 1.0).sum();
-/// assert_eq!(y.item(), 12.0);
+/// assert_eq!(y.item(), 13.0); // (1·3 + 1) + (2·4 + 1)
 /// assert_eq!(y.backward().wrt(a).data(), &[3.0, 4.0]);
 /// ```
 #[derive(Clone, Copy)]
