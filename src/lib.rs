@@ -44,6 +44,15 @@
 //!   activations, reductions, reshape/concat/slice/gather, softmax family,
 //!   losses, dropout, select — each op's forward and backward in one place.
 //! - [`ParamStore`], [`ParamKey`]: parameters that outlive a tape.
+//! - [`layers`]: `Linear`, `Embedding`, `Rnn`, `Lstm`, `Gru` from the
+//!   primitives, with PyTorch's parameter names.
+//! - [`optim`]: SGD, Adagrad, RMSprop, Adam/AdamW with exportable state,
+//!   gradient clipping, learning-rate schedules.
+//! - [`checkpoint`]: safetensors files with PyTorch `state_dict` names, the
+//!   optimizer state and the step; loading is checked and all-or-nothing.
+//! - [`models`]: a character-level LSTM language model ([`models::CharModel`]:
+//!   training, evaluation, sampling) and an encoder–decoder with greedy
+//!   decoding ([`models::Seq2Seq`]).
 //! - [`gradcheck`]: finite-difference checks of any function of vars.
 //!
 //! ## Error policy
@@ -78,9 +87,11 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+pub mod checkpoint;
 mod error;
 pub mod gradcheck;
 pub mod layers;
+pub mod models;
 mod nonlinearity;
 mod ops;
 pub mod optim;

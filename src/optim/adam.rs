@@ -1,6 +1,7 @@
 //! Adam and AdamW (decoupled weight decay), as `torch.optim.Adam`/`AdamW`.
 
-use super::{state_for, Optimizer};
+use super::{export_buffer, state_for, Optimizer, OptimizerState, StateReader};
+use crate::error::Result;
 use crate::{Grads, ParamKey, ParamStore, Real, Tensor};
 use std::collections::HashMap;
 
@@ -116,5 +117,53 @@ impl<F: Real> Optimizer<F> for Adam<F> {
 
     fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
+    }
+
+    /// `"adam"`, or `"adamw"` with decoupled weight decay.
+    fn kind(&self) -> &'static str {
+        if self.decoupled_weight_decay {
+            "adamw"
+        } else {
+            "adam"
+        }
+    }
+
+    /// Scalars `lr`, `beta1`, `beta2`, `eps`, `weight_decay`, `step`;
+    /// buffers `exp_avg.{name}` (m) and `exp_avg_sq.{name}` (v), PyTorch's
+    /// names.
+    fn state(&self, store: &ParamStore<F>) -> OptimizerState<F> {
+        let mut tensors = Vec::new();
+        export_buffer(&mut tensors, store, "exp_avg", &self.m);
+        export_buffer(&mut tensors, store, "exp_avg_sq", &self.v);
+        OptimizerState {
+            kind: self.kind().into(),
+            scalars: vec![
+                ("lr".into(), self.lr),
+                ("beta1".into(), self.betas.0),
+                ("beta2".into(), self.betas.1),
+                ("eps".into(), self.eps),
+                ("weight_decay".into(), self.weight_decay),
+                ("step".into(), self.step as f64),
+            ],
+            tensors,
+        }
+    }
+
+    fn load_state(&mut self, store: &ParamStore<F>, state: &OptimizerState<F>) -> Result<()> {
+        let r = StateReader::new(self.kind(), &["exp_avg", "exp_avg_sq"], store, state)?;
+        let (lr, b1, b2, eps, wd, step) = (
+            r.scalar("lr")?,
+            r.scalar("beta1")?,
+            r.scalar("beta2")?,
+            r.scalar("eps")?,
+            r.scalar("weight_decay")?,
+            r.counter("step")?,
+        );
+        let (m, v) = (r.buffer("exp_avg"), r.buffer("exp_avg_sq"));
+        r.same_params(("exp_avg", &m), ("exp_avg_sq", &v))?;
+        (self.lr, self.betas, self.eps, self.weight_decay, self.step) =
+            (lr, (b1, b2), eps, wd, step);
+        (self.m, self.v) = (m, v);
+        Ok(())
     }
 }

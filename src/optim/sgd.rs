@@ -1,7 +1,8 @@
 //! Stochastic gradient descent with momentum, Nesterov momentum and
 //! (coupled) weight decay, as `torch.optim.SGD` defines them.
 
-use super::{state_for, Optimizer};
+use super::{export_buffer, flag, state_for, Optimizer, OptimizerState, StateReader};
+use crate::error::Result;
 use crate::{Grads, ParamKey, ParamStore, Real, Tensor};
 use std::collections::HashMap;
 
@@ -113,5 +114,40 @@ impl<F: Real> Optimizer<F> for Sgd<F> {
 
     fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
+    }
+
+    fn kind(&self) -> &'static str {
+        "sgd"
+    }
+
+    /// Scalars `lr`, `momentum`, `nesterov` (0/1), `weight_decay`; buffers
+    /// `momentum_buffer.{name}` (PyTorch's name for v).
+    fn state(&self, store: &ParamStore<F>) -> OptimizerState<F> {
+        let mut tensors = Vec::new();
+        export_buffer(&mut tensors, store, "momentum_buffer", &self.velocity);
+        OptimizerState {
+            kind: "sgd".into(),
+            scalars: vec![
+                ("lr".into(), self.lr),
+                ("momentum".into(), self.momentum),
+                ("nesterov".into(), flag(self.nesterov)),
+                ("weight_decay".into(), self.weight_decay),
+            ],
+            tensors,
+        }
+    }
+
+    fn load_state(&mut self, store: &ParamStore<F>, state: &OptimizerState<F>) -> Result<()> {
+        let r = StateReader::new("sgd", &["momentum_buffer"], store, state)?;
+        let (lr, momentum, nesterov, weight_decay) = (
+            r.scalar("lr")?,
+            r.scalar("momentum")?,
+            r.flag("nesterov")?,
+            r.scalar("weight_decay")?,
+        );
+        self.velocity = r.buffer("momentum_buffer");
+        (self.lr, self.momentum, self.nesterov, self.weight_decay) =
+            (lr, momentum, nesterov, weight_decay);
+        Ok(())
     }
 }

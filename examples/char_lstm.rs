@@ -1,0 +1,552 @@
+//! The main job: train a stacked character-level LSTM language model on the
+//! bundled corpus (the King James Version, Genesis to Deuteronomy), with a
+//! progress bar, sampled text every so often, a held-out validation split
+//! reported in bits per character, checkpoints you can resume from, and the
+//! loss curves drawn as an SVG.
+//!
+//! `cargo run --release --example char_lstm [-- --help]`
+//!
+//! Writes into `--out` (default `out/char_lstm`): `checkpoint.safetensors`
+//! (PyTorch names and dtypes, plus the Adam state and the step), `loss.svg`
+//! and `loss.csv` (train and validation bits per character), `sample.txt`.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tapegrad::checkpoint;
+use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Sampling, Vocab};
+use tapegrad::optim::{Adagrad, Adam, LrSchedule, Optimizer, RmsProp, Sgd};
+use tapegrad::Tape;
+
+const USAGE: &str = "\
+Train a character-level LSTM language model.
+
+usage: cargo run --release --example char_lstm -- [options]
+
+  --corpus PATH         text to learn [data/kjv-genesis-deuteronomy.txt]
+  --hidden N            LSTM hidden size [256]
+  --embed N             character embedding size [64]
+  --layers N            stacked LSTM layers [2]
+  --seq-len N           truncated-BPTT length in characters [64]
+  --batch N             parallel streams per step [32]
+  --steps N             training steps (total, counting resumed ones) [1200]
+  --lr X                peak learning rate [0.004]
+  --warmup N            linear warm-up steps, then cosine decay to lr/10 [50]
+  --optimizer NAME      adam | adamw | sgd | adagrad | rmsprop [adam]
+  --clip X              clip the global gradient norm to X (0 = off) [1]
+  --dropout P           dropout on embeddings, between and after layers [0]
+  --seed N              initialisation and dropout seed [1]
+  --threads N           GEMM threads (0 = all cores) [0]
+  --val-fraction X      share of the corpus (its end) held out [0.05]
+  --eval-every N        validation loss every N steps [200]
+  --sample-every N      print a sample every N steps [400]
+  --checkpoint-every N  save a checkpoint every N steps [400]
+  --sample-len N        characters per sample [300]
+  --prompt TEXT         sample prompt [\"And the LORD said unto Moses, \"]
+  --temperature X       sampling temperature [0.8]
+  --top-k N             sample among the k likeliest characters (0 = all) [10]
+  --out DIR             output directory [out/char_lstm]
+  --resume PATH         continue from a checkpoint (its sizes and optimizer win)
+  --help                this text
+";
+
+#[derive(Debug, Clone)]
+struct Args {
+    corpus: PathBuf,
+    hidden: usize,
+    embed: usize,
+    layers: usize,
+    seq_len: usize,
+    batch: usize,
+    steps: u64,
+    lr: f64,
+    warmup: u64,
+    optimizer: String,
+    clip: f64,
+    dropout: f64,
+    seed: u64,
+    threads: usize,
+    val_fraction: f64,
+    eval_every: u64,
+    sample_every: u64,
+    checkpoint_every: u64,
+    sample_len: usize,
+    prompt: String,
+    temperature: f64,
+    top_k: usize,
+    out: PathBuf,
+    resume: Option<PathBuf>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            corpus: "data/kjv-genesis-deuteronomy.txt".into(),
+            hidden: 256,
+            embed: 64,
+            layers: 2,
+            seq_len: 64,
+            batch: 32,
+            steps: 1200,
+            lr: 4e-3,
+            warmup: 50,
+            optimizer: "adam".into(),
+            clip: 1.0,
+            dropout: 0.0,
+            seed: 1,
+            threads: 0,
+            val_fraction: 0.05,
+            eval_every: 200,
+            sample_every: 400,
+            checkpoint_every: 400,
+            sample_len: 300,
+            prompt: "And the LORD said unto Moses, ".into(),
+            temperature: 0.8,
+            top_k: 10,
+            out: "out/char_lstm".into(),
+            resume: None,
+        }
+    }
+}
+
+fn parse_args() -> Result<Args, String> {
+    fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+        v.parse().map_err(|_| format!("{flag}: cannot parse `{v}`"))
+    }
+    let mut a = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        let v = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
+        match flag.as_str() {
+            "--corpus" => a.corpus = v.into(),
+            "--hidden" => a.hidden = num(&flag, &v)?,
+            "--embed" => a.embed = num(&flag, &v)?,
+            "--layers" => a.layers = num(&flag, &v)?,
+            "--seq-len" => a.seq_len = num(&flag, &v)?,
+            "--batch" => a.batch = num(&flag, &v)?,
+            "--steps" => a.steps = num(&flag, &v)?,
+            "--lr" => a.lr = num(&flag, &v)?,
+            "--warmup" => a.warmup = num(&flag, &v)?,
+            "--optimizer" => a.optimizer = v,
+            "--clip" => a.clip = num(&flag, &v)?,
+            "--dropout" => a.dropout = num(&flag, &v)?,
+            "--seed" => a.seed = num(&flag, &v)?,
+            "--threads" => a.threads = num(&flag, &v)?,
+            "--val-fraction" => a.val_fraction = num(&flag, &v)?,
+            "--eval-every" => a.eval_every = num(&flag, &v)?,
+            "--sample-every" => a.sample_every = num(&flag, &v)?,
+            "--checkpoint-every" => a.checkpoint_every = num(&flag, &v)?,
+            "--sample-len" => a.sample_len = num(&flag, &v)?,
+            "--prompt" => a.prompt = v,
+            "--temperature" => a.temperature = num(&flag, &v)?,
+            "--top-k" => a.top_k = num(&flag, &v)?,
+            "--out" => a.out = v.into(),
+            "--resume" => a.resume = Some(v.into()),
+            _ => return Err(format!("unknown flag {flag} (see --help)")),
+        }
+    }
+    if a.hidden == 0 || a.embed == 0 || a.layers == 0 || a.seq_len == 0 || a.batch == 0 {
+        return Err("sizes must be > 0".into());
+    }
+    if !(0.0..1.0).contains(&a.dropout) {
+        return Err(format!("--dropout {} is not in [0, 1)", a.dropout));
+    }
+    if !(0.0..0.5).contains(&a.val_fraction) {
+        return Err(format!(
+            "--val-fraction {} is not in [0, 0.5)",
+            a.val_fraction
+        ));
+    }
+    for (name, v) in [
+        ("--eval-every", a.eval_every),
+        ("--sample-every", a.sample_every),
+        ("--checkpoint-every", a.checkpoint_every),
+    ] {
+        if v == 0 {
+            return Err(format!("{name} must be > 0"));
+        }
+    }
+    Ok(a)
+}
+
+fn make_optimizer(kind: &str, lr: f64) -> Result<Box<dyn Optimizer<f32>>, String> {
+    Ok(match kind {
+        "adam" => Box::new(Adam::new(lr)),
+        "adamw" => Box::new(Adam::adamw(lr, 0.01)),
+        "sgd" => Box::new(Sgd::new(lr).momentum(0.9)),
+        "adagrad" => Box::new(Adagrad::new(lr)),
+        "rmsprop" => Box::new(RmsProp::new(lr)),
+        other => return Err(format!("unknown optimizer `{other}` (see --help)")),
+    })
+}
+
+/// Loss curves in bits per character: (step, bpc) points.
+#[derive(Debug, Default, Clone)]
+struct Curves {
+    train: Vec<(u64, f64)>,
+    val: Vec<(u64, f64)>,
+}
+
+impl Curves {
+    fn encode(points: &[(u64, f64)]) -> String {
+        points
+            .iter()
+            .map(|(s, v)| format!("{s}:{v:.5}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn decode(s: &str) -> Vec<(u64, f64)> {
+        s.split(',')
+            .filter_map(|p| {
+                let (a, b) = p.split_once(':')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn to_metadata(&self, meta: &mut BTreeMap<String, String>) {
+        meta.insert("char_lstm.train_bpc".into(), Self::encode(&self.train));
+        meta.insert("char_lstm.val_bpc".into(), Self::encode(&self.val));
+    }
+
+    fn from_metadata(meta: &BTreeMap<String, String>) -> Self {
+        let get = |k: &str| meta.get(k).map(|s| Self::decode(s)).unwrap_or_default();
+        Curves {
+            train: get("char_lstm.train_bpc"),
+            val: get("char_lstm.val_bpc"),
+        }
+    }
+
+    fn write_csv(&self, path: &Path) -> std::io::Result<()> {
+        let mut s = String::from("split,step,bits_per_char\n");
+        for (name, pts) in [("train", &self.train), ("val", &self.val)] {
+            for (step, v) in pts {
+                s.push_str(&format!("{name},{step},{v:.5}\n"));
+            }
+        }
+        std::fs::write(path, s)
+    }
+
+    fn plot(
+        &self,
+        path: &Path,
+        title: &str,
+        train_label: &str,
+        val_label: &str,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let all = self.train.iter().chain(&self.val);
+        let max_step = all.clone().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
+        let hi = all.clone().map(|p| p.1).fold(0.0, f64::max).min(8.0) * 1.05;
+        let lo = all.map(|p| p.1).fold(f64::INFINITY, f64::min).min(hi) * 0.95;
+        let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..max_step, lo..hi)?;
+        chart
+            .configure_mesh()
+            .x_desc("training step")
+            .y_desc("bits per character")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .draw()?;
+        let blue = RGBColor(31, 119, 180);
+        let red = RGBColor(214, 39, 40);
+        chart
+            .draw_series(LineSeries::new(
+                self.train.iter().map(|&(s, v)| (s as f64, v.min(hi))),
+                blue.stroke_width(2),
+            ))?
+            .label(train_label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2))
+            });
+        chart
+            .draw_series(LineSeries::new(
+                self.val.iter().map(|&(s, v)| (s as f64, v.min(hi))),
+                red.stroke_width(2),
+            ))?
+            .label(val_label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
+        chart.draw_series(
+            self.val
+                .iter()
+                .map(|&(s, v)| Circle::new((s as f64, v.min(hi)), 3, red.filled())),
+        )?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}
+
+/// Prints above the progress bar, or plainly when there is no bar (output
+/// not a terminal).
+fn say(pb: &ProgressBar, line: &str) {
+    if pb.is_hidden() {
+        println!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("char_lstm: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("char_lstm: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    tapegrad::set_num_threads(args.threads);
+    let text = std::fs::read_to_string(&args.corpus)
+        .map_err(|e| format!("cannot read corpus `{}`: {e}", args.corpus.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("cannot create `{}`: {e}", args.out.display()))?;
+    let ckpt_path = args.out.join("checkpoint.safetensors");
+
+    // The model, the optimizer and the curves: fresh, or from a checkpoint.
+    let (mut model, mut opt, start, mut curves) = match &args.resume {
+        Some(path) => {
+            let info = checkpoint::inspect_file(path)?;
+            let kind = info.optimizer.clone().ok_or_else(|| {
+                format!("`{}` holds no optimizer state to resume", path.display())
+            })?;
+            let mut opt = make_optimizer(&kind, args.lr)?;
+            let (model, info) = CharModel::<f32>::load(path, Some(opt.as_mut()))?;
+            println!(
+                "resumed from {} at step {} ({kind}, {:?})",
+                path.display(),
+                info.step,
+                model.config()
+            );
+            let curves = Curves::from_metadata(&info.metadata);
+            (model, opt, info.step, curves)
+        }
+        None => {
+            let cfg = CharModelConfig::default()
+                .embed_size(args.embed)
+                .hidden_size(args.hidden)
+                .layers(args.layers)
+                .dropout(args.dropout);
+            let model = CharModel::<f32>::new(Vocab::from_text(&text), cfg, args.seed);
+            (
+                model,
+                make_optimizer(&args.optimizer, args.lr)?,
+                0,
+                Curves::default(),
+            )
+        }
+    };
+    let ids = model.vocab().encode(&text)?;
+    let n_val = (ids.len() as f64 * args.val_fraction) as usize;
+    let (train_ids, val_ids) = ids.split_at(ids.len() - n_val);
+    let train = CharStreams::new(train_ids, args.batch)?;
+    let val = (n_val > 0)
+        .then(|| CharStreams::new(val_ids, 16.min(n_val / 2).max(1)))
+        .transpose()?;
+    let chunks = train.chunks(args.seq_len) as u64;
+    let cfg = *model.config();
+    println!(
+        "corpus {}: {} characters, vocabulary {}, train {} / validation {} characters",
+        args.corpus.display(),
+        ids.len(),
+        model.vocab().len(),
+        train_ids.len(),
+        n_val
+    );
+    println!(
+        "model: Embedding({}, {}) → LSTM({} layers × {}) → Linear({}, {}): {} parameters; {} × {} characters per step, \
+         {chunks} steps per epoch; {} lr {} (warm-up {}, cosine to lr/10), clip {}; GEMM threads: {}",
+        model.vocab().len(),
+        cfg.embed_size,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.hidden_size,
+        model.vocab().len(),
+        model.store().num_elements(),
+        args.batch,
+        args.seq_len,
+        opt.kind(),
+        args.lr,
+        args.warmup,
+        args.clip,
+        tapegrad::num_threads()
+    );
+    let schedule = LrSchedule::Warmup {
+        steps: args.warmup,
+        then: Box::new(LrSchedule::Cosine {
+            lr: args.lr,
+            min_lr: args.lr / 10.0,
+            total_steps: args.steps.saturating_sub(args.warmup),
+        }),
+    };
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        seed: args.seed,
+    };
+    let bpc = |nats: f64| nats / std::f64::consts::LN_2;
+    let evaluate = |model: &CharModel<f32>| val.as_ref().map(|v| bpc(model.evaluate(v, 128)));
+    let save = |model: &CharModel<f32>, opt: &dyn Optimizer<f32>, step: u64, curves: &Curves| {
+        let mut meta = BTreeMap::new();
+        curves.to_metadata(&mut meta);
+        model.save(&ckpt_path, Some(opt), step, &meta)
+    };
+
+    let pb = ProgressBar::new(args.steps);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30.cyan/blue}] step {pos}/{len} {msg} (eta {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    pb.set_position(start);
+    let mut tape = Tape::new();
+    let mut state = model.zero_state(args.batch);
+    let mut smooth: Option<f64> = None;
+    let (mut window_loss, mut window_steps) = (0.0, 0u64);
+    let log_every = (args.eval_every / 4).max(1);
+    let started = Instant::now();
+    let mut train_secs = 0.0;
+    let mut train_chars = 0usize;
+    let mut recent = (Instant::now(), 0usize);
+    let mut rate = 0.0;
+    for step in start..args.steps {
+        let k = step % chunks;
+        if k == 0 || step == start {
+            state = model.zero_state(args.batch);
+        }
+        schedule.apply(opt.as_mut(), step);
+        let batch = train.batch(k as usize, args.seq_len);
+        let t0 = Instant::now();
+        let stats = model.train_step(
+            &mut tape,
+            opt.as_mut(),
+            &batch,
+            &mut state,
+            (args.clip > 0.0).then_some(args.clip),
+            args.seed.wrapping_mul(1_000_003).wrapping_add(step),
+        )?;
+        train_secs += t0.elapsed().as_secs_f64();
+        train_chars += batch.targets.len();
+        recent.1 += batch.targets.len();
+        let s = smooth.map_or(stats.loss, |s| 0.95 * s + 0.05 * stats.loss);
+        smooth = Some(s);
+        window_loss += stats.loss;
+        window_steps += 1;
+        let done = step + 1;
+        if recent.0.elapsed().as_secs_f64() > 2.0 {
+            rate = recent.1 as f64 / recent.0.elapsed().as_secs_f64();
+            recent = (Instant::now(), 0);
+        }
+        pb.set_position(done);
+        pb.set_message(format!(
+            "loss {:.3} smoothed {:.3} ({:.2} bpc) {:.0} chars/s",
+            stats.loss,
+            s,
+            bpc(s),
+            if rate > 0.0 {
+                rate
+            } else {
+                train_chars as f64 / train_secs
+            }
+        ));
+        if done % log_every == 0 || done == args.steps {
+            curves
+                .train
+                .push((done, bpc(window_loss / window_steps as f64)));
+            (window_loss, window_steps) = (0.0, 0);
+        }
+        if done % args.eval_every == 0 || done == args.steps {
+            if let Some(v) = evaluate(&model) {
+                curves.val.push((done, v));
+                say(
+                    &pb,
+                    &format!(
+                        "step {done:>5}: train {:.3} bpc (smoothed), validation {v:.3} bpc, lr {:.2e}, {:.0} chars/s",
+                        bpc(s),
+                        opt.lr(),
+                        train_chars as f64 / train_secs
+                    ),
+                );
+            }
+        }
+        if done % args.sample_every == 0 || done == args.steps {
+            let sample = model.sample(&args.prompt, args.sample_len, &sampling)?;
+            say(
+                &pb,
+                &format!(
+                    "--- sample at step {done} (temperature {}, top-k {}) ---\n{}{sample}\n---",
+                    args.temperature, args.top_k, args.prompt
+                ),
+            );
+        }
+        if done % args.checkpoint_every == 0 || done == args.steps {
+            save(&model, opt.as_ref(), done, &curves)?;
+        }
+    }
+    pb.finish_and_clear();
+
+    let total = started.elapsed().as_secs_f64();
+    let trained = args.steps.saturating_sub(start);
+    println!(
+        "trained {trained} steps in {total:.1} s ({:.1} s in training steps, {:.0} characters/s)",
+        train_secs,
+        train_chars as f64 / train_secs.max(1e-9)
+    );
+    if let Some(&(_, v)) = curves.val.last() {
+        println!("final validation: {v:.3} bits per character");
+    }
+    if start >= args.steps && args.resume.is_some() {
+        save(&model, opt.as_ref(), start, &curves)?;
+    }
+    println!("checkpoint: {}", ckpt_path.display());
+    let sample = model.sample(&args.prompt, args.sample_len, &sampling)?;
+    std::fs::write(
+        args.out.join("sample.txt"),
+        format!("{}{sample}\n", args.prompt),
+    )?;
+    curves.write_csv(&args.out.join("loss.csv"))?;
+    let title = format!(
+        "char_lstm: {}-layer LSTM({}), {} steps of {}×{} characters",
+        cfg.num_layers, cfg.hidden_size, args.steps, args.batch, args.seq_len
+    );
+    let fig = args.out.join("loss.svg");
+    let train_label = format!("train (mean over every {log_every} steps)");
+    let val_label = format!(
+        "validation (last {:.0}% of the corpus, held out)",
+        100.0 * args.val_fraction
+    );
+    curves.plot(&fig, &title, &train_label, &val_label)?;
+    println!(
+        "wrote {}, {} and {}",
+        fig.display(),
+        args.out.join("loss.csv").display(),
+        args.out.join("sample.txt").display()
+    );
+    Ok(())
+}

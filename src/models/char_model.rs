@@ -1,0 +1,632 @@
+//! [`CharModel`]: a character-level LSTM language model.
+
+use super::{sample_index, Batch, CharStreams, Sampling, Vocab};
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::{Error, ErrorKind, Result};
+use crate::layers::{derive_seed, Embedding, Linear, Lstm, RecurrentConfig, RunOptions};
+use crate::layers::{State, StateTensors};
+use crate::optim::{clip_grad_norm, Optimizer};
+use crate::{ParamStore, Real, Reduction, Tape, Var};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Sizes of a [`CharModel`] (the vocabulary size comes from its
+/// [`Vocab`]).
+///
+/// ```
+/// use tapegrad::models::CharModelConfig;
+/// let cfg = CharModelConfig::default().hidden_size(128).layers(3);
+/// assert_eq!((cfg.embed_size, cfg.hidden_size, cfg.num_layers), (64, 128, 3));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CharModelConfig {
+    /// Size of a character's embedding vector.
+    pub embed_size: usize,
+    /// Features of each LSTM layer's h.
+    pub hidden_size: usize,
+    /// Stacked LSTM layers.
+    pub num_layers: usize,
+    /// Dropout probability on the embeddings, between the LSTM layers and
+    /// on the top layer's outputs, in training steps only.
+    pub dropout: f64,
+}
+
+impl Default for CharModelConfig {
+    /// 64-wide embeddings, two LSTM layers of 256, no dropout.
+    fn default() -> Self {
+        CharModelConfig {
+            embed_size: 64,
+            hidden_size: 256,
+            num_layers: 2,
+            dropout: 0.0,
+        }
+    }
+}
+
+impl CharModelConfig {
+    /// Sets the embedding size.
+    pub fn embed_size(mut self, n: usize) -> Self {
+        self.embed_size = n;
+        self
+    }
+
+    /// Sets the hidden size.
+    pub fn hidden_size(mut self, n: usize) -> Self {
+        self.hidden_size = n;
+        self
+    }
+
+    /// Sets the number of LSTM layers.
+    pub fn layers(mut self, n: usize) -> Self {
+        self.num_layers = n;
+        self
+    }
+
+    /// Sets the dropout probability.
+    pub fn dropout(mut self, p: f64) -> Self {
+        self.dropout = p;
+        self
+    }
+}
+
+/// What one training step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy per predicted character, in nats (÷ ln 2 for
+    /// bits per character).
+    pub loss: f64,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// Metadata keys a [`CharModel`] checkpoint carries.
+const META_VOCAB: &str = "char_model.vocab";
+const META_EMBED: &str = "char_model.embed_size";
+const META_HIDDEN: &str = "char_model.hidden_size";
+const META_LAYERS: &str = "char_model.num_layers";
+const META_DROPOUT: &str = "char_model.dropout";
+const META_PREFIX: &str = "char_model.";
+
+/// A character-level language model: Embedding → stacked LSTM → Linear,
+/// with the parameter names of PyTorch's word-language-model example
+/// (`encoder.weight`, `lstm.weight_ih_l0` … `lstm.bias_hh_l{L−1}`,
+/// `decoder.weight`, `decoder.bias`):
+///
+/// ```text
+/// e(t) = E[x(t)]                          (encoder, [V×E])
+/// h¹(t), …, hᴸ(t) = LSTM(e(t), state)     (lstm, L layers of H)
+/// p(x(t+1) | x(≤t)) = softmax(W·hᴸ(t) + b) (decoder, [V×H])
+/// ```
+///
+/// The model owns its [`ParamStore`] and [`Vocab`]. Training runs truncated
+/// BPTT over [`CharStreams`]: each [`CharModel::train_step`] takes the
+/// state the previous chunk ended in ([`StateTensors`], a plain value, so
+/// the gradient stops at the chunk boundary). Checkpoints
+/// ([`CharModel::save`]) carry the vocabulary and sizes in their metadata,
+/// so [`CharModel::load`] needs nothing else.
+///
+/// ```
+/// use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Sampling, Vocab};
+/// use tapegrad::optim::Adam;
+/// use tapegrad::Tape;
+///
+/// let text = "abcabcabcabcabcabcabcabc";
+/// let vocab = Vocab::from_text(text);
+/// let cfg = CharModelConfig::default().embed_size(4).hidden_size(16).layers(1);
+/// let mut model = CharModel::<f32>::new(vocab.clone(), cfg, 1);
+/// assert!(model.store().key("lstm.weight_hh_l0").is_some());
+/// let streams = CharStreams::new(&vocab.encode(text).unwrap(), 2).unwrap();
+/// let (mut tape, mut opt) = (Tape::new(), Adam::new(0.05));
+/// let mut state = model.zero_state(2);
+/// let mut losses = Vec::new();
+/// for step in 0..60 {
+///     if step % streams.chunks(5) == 0 {
+///         state = model.zero_state(2); // a new epoch starts from zeros
+///     }
+///     let batch = streams.batch(step, 5);
+///     let stats = model
+///         .train_step(&mut tape, &mut opt, &batch, &mut state, Some(1.0), step as u64)
+///         .unwrap();
+///     losses.push(stats.loss);
+/// }
+/// assert!(losses[59] < 0.5 * losses[0]);
+/// let greedy = Sampling { temperature: 0.0, top_k: 0, seed: 0 };
+/// assert_eq!(model.sample("ab", 4, &greedy).unwrap(), "cabc");
+/// ```
+#[derive(Debug, Clone)]
+pub struct CharModel<F: Real> {
+    config: CharModelConfig,
+    vocab: Vocab,
+    store: ParamStore<F>,
+    encoder: Embedding,
+    lstm: Lstm,
+    decoder: Linear,
+}
+
+impl<F: Real> CharModel<F> {
+    /// A model for `vocab`, initialised as PyTorch initialises its layers,
+    /// from `seed`.
+    ///
+    /// # Panics
+    /// If a size is 0 or the vocabulary is empty.
+    #[track_caller]
+    pub fn new(vocab: Vocab, config: CharModelConfig, seed: u64) -> Self {
+        assert!(
+            !vocab.is_empty()
+                && config.embed_size > 0
+                && config.hidden_size > 0
+                && config.num_layers > 0,
+            "tapegrad: CharModel::new: the vocabulary and every size must be non-empty, got {} characters and {config:?}",
+            vocab.len()
+        );
+        let v = vocab.len();
+        let mut store = ParamStore::new();
+        let encoder = Embedding::new(&mut store, "encoder", v, config.embed_size, seed);
+        let lstm = Lstm::new(
+            &mut store,
+            "lstm",
+            RecurrentConfig::new(config.embed_size, config.hidden_size)
+                .layers(config.num_layers)
+                .dropout(config.dropout),
+            derive_seed(seed, 1),
+        );
+        let decoder = Linear::new(
+            &mut store,
+            "decoder",
+            config.hidden_size,
+            v,
+            true,
+            derive_seed(seed, 2),
+        );
+        CharModel {
+            config,
+            vocab,
+            store,
+            encoder,
+            lstm,
+            decoder,
+        }
+    }
+
+    /// The sizes.
+    pub fn config(&self) -> &CharModelConfig {
+        &self.config
+    }
+
+    /// The vocabulary.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// The parameters.
+    pub fn store(&self) -> &ParamStore<F> {
+        &self.store
+    }
+
+    /// The parameters, writable (to load or edit them; keep the shapes).
+    pub fn store_mut(&mut self) -> &mut ParamStore<F> {
+        &mut self.store
+    }
+
+    /// A zero recurrent state for `batch` streams.
+    pub fn zero_state(&self, batch: usize) -> StateTensors<F> {
+        let tape = Tape::new();
+        self.lstm.zero_state(&tape, batch).to_tensors()
+    }
+
+    /// The logits [T·B × V] for the time-major input ids [T·B] of `batch`
+    /// streams started from `state`, and the state after the last step.
+    /// With `dropout_seed` (training), dropout is applied with the
+    /// configured probability.
+    ///
+    /// # Panics
+    /// If `inputs.len()` is not a positive multiple of `batch`, an id is
+    /// out of range, or `state` does not fit (wrong batch or sizes).
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, Vocab};
+    /// use tapegrad::Tape;
+    /// let model = CharModel::<f32>::new(Vocab::from_text("abc"), CharModelConfig::default().hidden_size(8), 0);
+    /// let tape = Tape::new();
+    /// // T = 2 steps of B = 3 streams, time-major
+    /// let (logits, state) = model.forward(&tape, &[0, 1, 2, 1, 2, 0], 3, &model.zero_state(3), None);
+    /// assert_eq!(logits.shape().as_slice(), &[6, 3]);
+    /// assert_eq!(state.h.len(), 2); // one per layer
+    /// ```
+    #[track_caller]
+    pub fn forward<'t>(
+        &self,
+        tape: &'t Tape<F>,
+        inputs: &[usize],
+        batch: usize,
+        state: &StateTensors<F>,
+        dropout_seed: Option<u64>,
+    ) -> (Var<'t, F>, State<'t, F>) {
+        assert!(
+            batch > 0 && !inputs.is_empty() && inputs.len().is_multiple_of(batch),
+            "tapegrad: CharModel::forward: {} ids do not make whole steps of {batch} streams",
+            inputs.len()
+        );
+        let steps = inputs.len() / batch;
+        let p = self.config.dropout;
+        let drop = |v: Var<'t, F>, i: u64| match dropout_seed {
+            Some(seed) if p > 0.0 => v.dropout(p, derive_seed(seed, i)),
+            _ => v,
+        };
+        let init = state.bind(tape);
+        let e = drop(self.encoder.forward(tape, &self.store, inputs), 1_000);
+        let x = e.reshape(&[steps, batch, self.config.embed_size]);
+        let opts = RunOptions {
+            lengths: None,
+            dropout_seed: dropout_seed.filter(|_| p > 0.0),
+        };
+        let out = self
+            .lstm
+            .forward_with(tape, &self.store, x, Some(&init), opts);
+        let h = drop(out.stacked_rows(), 1_001);
+        (self.decoder.forward(tape, &self.store, h), out.state)
+    }
+
+    /// One truncated-BPTT training step on `batch`, from `state`: mean
+    /// cross-entropy over the chunk, one reverse sweep, optional clipping
+    /// of the global gradient norm to `clip_norm`, one optimizer update.
+    /// `state` becomes the state after the chunk; the tape is reset (its
+    /// buffers reused by the next step). `dropout_seed` should differ
+    /// between steps.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NonFinite`] if the gradient norm is NaN or ∞; the
+    /// parameters, the optimizer and `state` are then unchanged.
+    ///
+    /// # Panics
+    /// As [`CharModel::forward`], or if a target id is out of range.
+    #[track_caller]
+    pub fn train_step(
+        &mut self,
+        tape: &mut Tape<F>,
+        optimizer: &mut dyn Optimizer<F>,
+        batch: &Batch,
+        state: &mut StateTensors<F>,
+        clip_norm: Option<f64>,
+        dropout_seed: u64,
+    ) -> Result<StepStats> {
+        let (loss, next, mut grads) = {
+            let (logits, last) =
+                self.forward(tape, &batch.inputs, batch.batch, state, Some(dropout_seed));
+            let loss = logits.cross_entropy(&batch.targets, Reduction::Mean);
+            let value = loss.item().to_f64_lossy();
+            (value, last.to_tensors(), loss.backward())
+        };
+        let grad_norm = match clip_norm {
+            Some(max) => clip_grad_norm(&mut grads, max, true),
+            None => {
+                let n = grads.params_norm();
+                if n.is_finite() {
+                    Ok(n)
+                } else {
+                    Err(Error::new(
+                        ErrorKind::NonFinite,
+                        "CharModel::train_step",
+                        format!("the total gradient norm is {n}"),
+                    ))
+                }
+            }
+        };
+        let grad_norm = match grad_norm {
+            Ok(n) => n,
+            Err(e) => {
+                tape.reset_with(grads);
+                return Err(e);
+            }
+        };
+        optimizer.step(&mut self.store, &grads);
+        tape.reset_with(grads);
+        *state = next;
+        Ok(StepStats { loss, grad_norm })
+    }
+
+    /// The mean cross-entropy (nats per character) on `batch` from `state`,
+    /// without training; `state` advances to the end of the chunk.
+    ///
+    /// # Panics
+    /// As [`CharModel::forward`].
+    #[track_caller]
+    pub fn loss(&self, tape: &mut Tape<F>, batch: &Batch, state: &mut StateTensors<F>) -> f64 {
+        let (loss, next) = {
+            let (logits, last) = self.forward(tape, &batch.inputs, batch.batch, state, None);
+            let loss = logits.cross_entropy(&batch.targets, Reduction::Mean);
+            (loss.item().to_f64_lossy(), last.to_tensors())
+        };
+        tape.reset();
+        *state = next;
+        loss
+    }
+
+    /// The mean cross-entropy in nats per predicted character over the
+    /// whole of `streams`, read in chunks of `seq_len` with the state
+    /// carried through (÷ ln 2 for bits per character).
+    ///
+    /// # Panics
+    /// If `seq_len` is 0.
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Vocab};
+    /// let vocab = Vocab::from_text("abcd");
+    /// let cfg = CharModelConfig::default().embed_size(4).hidden_size(8).layers(1);
+    /// let model = CharModel::<f64>::new(vocab.clone(), cfg, 0);
+    /// let streams = CharStreams::new(&vocab.encode("abcdabcdabcd").unwrap(), 2).unwrap();
+    /// let nats = model.evaluate(&streams, 4);
+    /// assert!((nats - 4f64.ln()).abs() < 0.2); // untrained: close to uniform
+    /// ```
+    #[track_caller]
+    pub fn evaluate(&self, streams: &CharStreams, seq_len: usize) -> f64 {
+        let mut tape = Tape::new();
+        let mut state = self.zero_state(streams.batch_size());
+        let mut total = 0.0;
+        let mut count = 0usize;
+        for k in 0..streams.chunks(seq_len) {
+            let b = streams.batch(k, seq_len);
+            let n = b.targets.len();
+            total += self.loss(&mut tape, &b, &mut state) * n as f64;
+            count += n;
+        }
+        total / count as f64
+    }
+
+    /// Feeds `prompt` to the model, then samples `len` characters one at a
+    /// time, each fed back as the next input, and returns them (without the
+    /// prompt). [`Sampling`] sets the temperature, the top-k cut and the
+    /// seed; temperature 0 is greedy decoding.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if the prompt is empty or holds a
+    /// character outside the vocabulary.
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, Sampling, Vocab};
+    /// let model = CharModel::<f32>::new(Vocab::from_text("ab "), CharModelConfig::default().hidden_size(8), 0);
+    /// let s = Sampling { temperature: 1.0, top_k: 2, seed: 5 };
+    /// let text = model.sample("ab", 10, &s).unwrap();
+    /// assert_eq!(text.chars().count(), 10);
+    /// assert_eq!(text, model.sample("ab", 10, &s).unwrap()); // seeded
+    /// assert!(model.sample("abc", 10, &s).is_err());          // 'c' is unknown
+    /// ```
+    pub fn sample(&self, prompt: &str, len: usize, sampling: &Sampling) -> Result<String> {
+        let ids = self.vocab.encode(prompt)?;
+        if ids.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "CharModel::sample",
+                "the prompt must hold at least one character",
+            ));
+        }
+        let mut rng = crate::tensor::rng(sampling.seed);
+        let mut tape = Tape::new();
+        let mut state = self.zero_state(1);
+        let mut input = ids;
+        let mut out = String::with_capacity(len.min(1 << 16));
+        let v = self.vocab.len();
+        for _ in 0..len {
+            let (logits, next) = {
+                let (z, s) = self.forward(&tape, &input, 1, &state, None);
+                let z = z.value();
+                let last = &z.data()[z.numel() - v..];
+                let logits: Vec<f64> = last.iter().map(|x| x.to_f64_lossy()).collect();
+                (logits, s.to_tensors())
+            };
+            tape.reset();
+            state = next;
+            let id = sample_index(&logits, sampling, &mut rng);
+            out.push(self.vocab.char(id).expect("sampled id < vocabulary size"));
+            input = vec![id];
+        }
+        Ok(out)
+    }
+
+    /// The metadata a checkpoint of this model carries: the vocabulary and
+    /// the sizes, under `char_model.*` keys.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        let c = &self.config;
+        BTreeMap::from([
+            (META_VOCAB.to_string(), self.vocab.as_string()),
+            (META_EMBED.to_string(), c.embed_size.to_string()),
+            (META_HIDDEN.to_string(), c.hidden_size.to_string()),
+            (META_LAYERS.to_string(), c.num_layers.to_string()),
+            (META_DROPOUT.to_string(), format!("{:?}", c.dropout)),
+        ])
+    }
+
+    fn all_metadata(&self, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+        let mut meta = self.metadata();
+        for (k, v) in extra {
+            if k.starts_with(META_PREFIX) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "CharModel::save",
+                    format!("metadata key `{k}` is reserved for the model (`{META_PREFIX}…`)"),
+                ));
+            }
+            meta.insert(k.clone(), v.clone());
+        }
+        Ok(meta)
+    }
+
+    /// The bytes of a checkpoint: the parameters, `optimizer`'s state, the
+    /// training `step`, this model's [`metadata`](CharModel::metadata) and
+    /// `extra` metadata (see [`checkpoint`]).
+    ///
+    /// # Errors
+    /// As [`checkpoint::to_bytes`], and [`ErrorKind::InvalidArgument`] for
+    /// an `extra` key starting with `char_model.`.
+    pub fn to_bytes(
+        &self,
+        optimizer: Option<&dyn Optimizer<F>>,
+        step: u64,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>> {
+        checkpoint::to_bytes(&self.store, optimizer, step, &self.all_metadata(extra)?)
+    }
+
+    /// Writes a checkpoint file (see [`CharModel::to_bytes`] and
+    /// [`checkpoint::save`]).
+    ///
+    /// # Errors
+    /// As [`CharModel::to_bytes`], and [`ErrorKind::Io`] if the file cannot
+    /// be written.
+    pub fn save(
+        &self,
+        path: impl AsRef<Path>,
+        optimizer: Option<&dyn Optimizer<F>>,
+        step: u64,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        checkpoint::save(
+            path,
+            &self.store,
+            optimizer,
+            step,
+            &self.all_metadata(extra)?,
+        )
+    }
+
+    /// Rebuilds a model from checkpoint bytes: the sizes and vocabulary from
+    /// the metadata, the parameters (and `optimizer`'s state) from the
+    /// tensors, all checked as [`checkpoint::from_bytes`] checks them.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Format`] if the metadata lacks a `char_model.*` key or
+    /// holds a bad value, or as [`checkpoint::from_bytes`].
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, Vocab};
+    /// use tapegrad::optim::Adam;
+    /// let model = CharModel::<f64>::new(Vocab::from_text("xyz"), CharModelConfig::default().hidden_size(4), 1);
+    /// let bytes = model.to_bytes(Some(&Adam::new(0.01)), 3, &Default::default()).unwrap();
+    /// let mut opt = Adam::new(0.5);
+    /// let (back, info) = CharModel::<f64>::from_bytes(&bytes, Some(&mut opt)).unwrap();
+    /// assert_eq!((info.step, opt.lr), (3, 0.01));
+    /// assert_eq!(back.vocab().as_string(), "xyz");
+    /// ```
+    pub fn from_bytes(
+        bytes: &[u8],
+        optimizer: Option<&mut dyn Optimizer<F>>,
+    ) -> Result<(Self, Checkpoint)> {
+        let info = checkpoint::inspect(bytes)?;
+        let mut model = Self::from_metadata(&info.metadata, bytes.len())?;
+        let info = checkpoint::from_bytes(bytes, &mut model.store, optimizer)?;
+        Ok((model, info))
+    }
+
+    /// [`CharModel::from_bytes`] on a file.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] if the file cannot be read; otherwise as
+    /// [`CharModel::from_bytes`].
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, Sampling, Vocab};
+    /// let cfg = CharModelConfig::default().embed_size(3).hidden_size(5);
+    /// let model = CharModel::<f32>::new(Vocab::from_text("ab\n"), cfg, 7);
+    /// let path = std::env::temp_dir().join(format!("tapegrad-charmodel-{}.safetensors", std::process::id()));
+    /// model.save(&path, None, 42, &Default::default()).unwrap();
+    /// let (back, info) = CharModel::<f32>::load(&path, None).unwrap();
+    /// std::fs::remove_file(&path).unwrap();
+    /// assert_eq!((info.step, back.config(), back.vocab()), (42, model.config(), model.vocab()));
+    /// let s = Sampling { temperature: 1.0, top_k: 0, seed: 3 };
+    /// assert_eq!(back.sample("a", 20, &s).unwrap(), model.sample("a", 20, &s).unwrap());
+    /// ```
+    pub fn load(
+        path: impl AsRef<Path>,
+        optimizer: Option<&mut dyn Optimizer<F>>,
+    ) -> Result<(Self, Checkpoint)> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "CharModel::load",
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+        })?;
+        Self::from_bytes(&bytes, optimizer).map_err(|e| {
+            Error::new(
+                e.kind(),
+                e.op(),
+                format!("`{}`: {}", path.display(), e.message()),
+            )
+        })
+    }
+
+    /// A freshly initialised model of the sizes and vocabulary in
+    /// checkpoint metadata, refused before anything is allocated if its
+    /// parameters could not fit in a file of `file_len` bytes (so corrupt
+    /// sizes cannot ask for a huge allocation).
+    fn from_metadata(meta: &BTreeMap<String, String>, file_len: usize) -> Result<Self> {
+        let get = |k: &str| {
+            meta.get(k).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Format,
+                    "CharModel::load",
+                    format!("the checkpoint metadata has no `{k}`: not a CharModel checkpoint"),
+                )
+            })
+        };
+        let size = |k: &str| -> Result<usize> {
+            let s = get(k)?;
+            s.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Format,
+                    "CharModel::load",
+                    format!("metadata `{k}` is `{s}`, not a size > 0"),
+                )
+            })
+        };
+        let dropout_s = get(META_DROPOUT)?;
+        let dropout = dropout_s
+            .parse::<f64>()
+            .ok()
+            .filter(|p| (0.0..1.0).contains(p))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Format,
+                    "CharModel::load",
+                    format!(
+                        "metadata `{META_DROPOUT}` is `{dropout_s}`, not a probability in [0, 1)"
+                    ),
+                )
+            })?;
+        let vocab = Vocab::from_string(get(META_VOCAB)?)?;
+        let config = CharModelConfig {
+            embed_size: size(META_EMBED)?,
+            hidden_size: size(META_HIDDEN)?,
+            num_layers: size(META_LAYERS)?,
+            dropout,
+        };
+        let needed = num_params(vocab.len(), &config);
+        if needed.is_none_or(|n| n > file_len / 4) {
+            return Err(Error::new(
+                ErrorKind::Format,
+                "CharModel::load",
+                format!(
+                    "the metadata describes a model ({} characters, {config:?}) with more parameters than a {file_len}-byte file can hold",
+                    vocab.len()
+                ),
+            ));
+        }
+        Ok(Self::new(vocab, config, 0))
+    }
+}
+
+/// The number of parameters of a model, or `None` on overflow:
+/// V·E + 4H·(E + H + 2) + (L − 1)·4H·(2H + 2) + V·H + V.
+fn num_params(v: usize, c: &CharModelConfig) -> Option<usize> {
+    let (e, h) = (c.embed_size, c.hidden_size);
+    let h4 = h.checked_mul(4)?;
+    let first = h4.checked_mul(e.checked_add(h)?.checked_add(2)?)?;
+    let upper = h4.checked_mul(h.checked_mul(2)?.checked_add(2)?)?;
+    let upper = upper.checked_mul(c.num_layers.checked_sub(1)?)?;
+    v.checked_mul(e)?
+        .checked_add(first)?
+        .checked_add(upper)?
+        .checked_add(v.checked_mul(h)?)?
+        .checked_add(v)
+}
