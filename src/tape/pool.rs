@@ -16,6 +16,30 @@
 use crate::error::Result;
 use crate::tensor::try_alloc;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A hasher for buffer lengths: one multiply instead of SipHash, since the
+/// pool is looked up twice per recorded op (take in forward, give on reset)
+/// and keys are plain lengths, not attacker-controlled.
+#[derive(Default)]
+pub(crate) struct LenHasher(u64);
+
+impl Hasher for LenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        // Multiply, then fold the well-mixed high bits into the low ones
+        // (hashbrown indexes buckets with the low bits).
+        let h = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+}
 
 #[derive(Debug)]
 struct Bucket<F> {
@@ -35,7 +59,7 @@ impl<F> Default for Bucket<F> {
 /// Free buffers, by exact length.
 #[derive(Debug)]
 pub(crate) struct Pool<F> {
-    buckets: HashMap<usize, Bucket<F>>,
+    buckets: HashMap<usize, Bucket<F>, BuildHasherDefault<LenHasher>>,
     /// Elements currently held in free buffers.
     held: usize,
 }
@@ -43,7 +67,7 @@ pub(crate) struct Pool<F> {
 impl<F> Default for Pool<F> {
     fn default() -> Self {
         Pool {
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
             held: 0,
         }
     }

@@ -121,9 +121,11 @@ pub fn num_threads() -> usize {
     }
 }
 
-/// Below this many multiply-adds a GEMM runs on one thread: handing work to
-/// a pool costs more than it saves (docs/design.md has the measurements).
-const PARALLEL_MIN_MACS: usize = 1 << 19;
+/// Below this many multiply-adds (8M) a GEMM runs on one thread: handing
+/// work to the pool costs more than it saves. Measured (docs/performance.md):
+/// with 2¹⁹ the M configuration ran 1.4× *slower* on 2 threads; the per-step
+/// products of L (64×512×2048, 67M) still halve on 2 threads.
+const PARALLEL_MIN_MACS: usize = 1 << 23;
 
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     let threads = num_threads();
