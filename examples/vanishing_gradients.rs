@@ -117,13 +117,15 @@ fn main() {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d(1f64..T as f64, (lo / 2.0..hi * 2.0).log_scale())
+        // log10 on a linear axis: plotters' log-scale labels stop near 1e-14.
+        .build_cartesian_2d(1f64..T as f64, lo.log10().floor()..hi.log10().ceil())
         .expect("chart");
     chart
         .configure_mesh()
         .x_desc("time step t")
         .y_desc("‖∂L/∂h(t)‖ (log scale)")
-        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .y_labels(16)
+        .y_label_formatter(&|v| format!("1e{v:.0}"))
         .draw()
         .expect("mesh");
     for (name, ys, color) in &curves {
@@ -131,7 +133,7 @@ fn main() {
             .draw_series(LineSeries::new(
                 ys.iter()
                     .enumerate()
-                    .map(|(t, &v)| ((t + 1) as f64, v.max(lo))),
+                    .map(|(t, &v)| ((t + 1) as f64, v.max(lo).log10())),
                 color.stroke_width(2),
             ))
             .expect("series")
