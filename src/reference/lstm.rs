@@ -2,8 +2,8 @@
 //! gate. See the [module docs](super) for the derivation.
 
 use super::{
-    add_into, elems, expect_len, expect_shape, expect_targets, init_uniform, sigmoid,
-    softmax_xent_rows, Dims,
+    add_into, elems, expect_len, expect_shape, expect_targets, grads_from_dz, init_uniform,
+    sigmoid, softmax_xent_rows, Dims, DzGrads,
 };
 use crate::tensor::gemm::{MatMut, MatRef};
 use crate::tensor::Tensor;
@@ -369,31 +369,20 @@ impl<F: Real> LstmBptt<F> {
         grads.b_hh.data_mut().copy_from_slice(grads.b_ih.data());
         // dc(0) = dc(1) ⊙ f(1): what the carry holds after step 1.
         grads.c0.data_mut().copy_from_slice(dc);
-        let dzm = MatRef::row_major(&dz[..], rows, h4);
-        // dh(0) = dz(1)·W_hh
-        F::gemm(
-            MatMut::row_major(grads.h0.data_mut(), b, nh),
-            MatRef::row_major(&dz[..b4h], b, h4),
-            w_hh,
-            false,
-        );
-        // dW_ih = DZᵀ·X, dW_hh = DZᵀ·[h(0); …; h(T−1)]: one GEMM each.
-        F::gemm(
-            MatMut::row_major(grads.w_ih.data_mut(), h4, ni),
-            dzm.t(),
+        grads_from_dz(
+            MatRef::row_major(&dz[..], rows, h4),
+            b,
             xm,
-            false,
-        );
-        F::gemm(
-            MatMut::row_major(grads.w_hh.data_mut(), h4, nh),
-            dzm.t(),
             MatRef::row_major(&hs[..rows * nh], rows, nh),
-            false,
+            w_ih,
+            w_hh,
+            DzGrads {
+                dh0: grads.h0.data_mut(),
+                dw_ih: grads.w_ih.data_mut(),
+                dw_hh: grads.w_hh.data_mut(),
+                dx: grads.x.as_mut().map(|dx| dx.data_mut()),
+            },
         );
-        if let Some(dx) = grads.x.as_mut() {
-            // dx(t) = dz(t)·W_ih for all t.
-            F::gemm(MatMut::row_major(dx.data_mut(), rows, ni), dzm, w_ih, false);
-        }
         loss
     }
 

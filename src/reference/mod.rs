@@ -116,6 +116,7 @@ mod rnn;
 pub use lstm::{LstmBptt, LstmGrads, LstmParams};
 pub use rnn::{RnnBptt, RnnGrads, RnnParams};
 
+use crate::tensor::gemm::{MatMut, MatRef};
 use crate::tensor::Tensor;
 use crate::Real;
 
@@ -265,6 +266,40 @@ fn softmax_xent_rows<F: Real>(
 }
 
 /// `dst[j] = a[j] + b[j]`: the two biases folded into one, once per run.
+/// Where [`grads_from_dz`] writes.
+struct DzGrads<'a, F> {
+    dh0: &'a mut [F],
+    dw_ih: &'a mut [F],
+    dw_hh: &'a mut [F],
+    dx: Option<&'a mut [F]>,
+}
+
+/// What flows out of the gate gradients DZ = [dz(1); …; dz(T)] (`[T·B × G]`,
+/// G = gates·H) once the backward loop is done, one GEMM each over all T·B
+/// rows — the same for both cells:
+///
+/// ```text
+/// dh(0) = dz(1)·W_hh    dW_ih = DZᵀ·X    dW_hh = DZᵀ·[h(0); …; h(T−1)]    dx = DZ·W_ih
+/// ```
+fn grads_from_dz<F: Real>(
+    dz: MatRef<'_, F>,
+    batch: usize,
+    x: MatRef<'_, F>,
+    h_prev: MatRef<'_, F>,
+    w_ih: MatRef<'_, F>,
+    w_hh: MatRef<'_, F>,
+    out: DzGrads<'_, F>,
+) {
+    let (g, ni, nh) = (dz.cols, x.cols, h_prev.cols);
+    let dz1 = MatRef::row_major(&dz.data[..batch * g], batch, g);
+    F::gemm(MatMut::row_major(out.dh0, batch, nh), dz1, w_hh, false);
+    F::gemm(MatMut::row_major(out.dw_ih, g, ni), dz.t(), x, false);
+    F::gemm(MatMut::row_major(out.dw_hh, g, nh), dz.t(), h_prev, false);
+    if let Some(dx) = out.dx {
+        F::gemm(MatMut::row_major(dx, dz.rows, ni), dz, w_ih, false);
+    }
+}
+
 fn add_into<F: Real>(dst: &mut [F], a: &[F], b: &[F]) {
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
         *d = x + y;

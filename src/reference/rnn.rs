@@ -2,8 +2,8 @@
 //! hand. See the [module docs](super) for the derivation.
 
 use super::{
-    add_into, elems, expect_len, expect_shape, expect_targets, init_uniform, softmax_xent_rows,
-    Dims,
+    add_into, elems, expect_len, expect_shape, expect_targets, grads_from_dz, init_uniform,
+    softmax_xent_rows, Dims, DzGrads,
 };
 use crate::tensor::gemm::{MatMut, MatRef};
 use crate::tensor::Tensor;
@@ -333,31 +333,20 @@ impl<F: Real> RnnBptt<F> {
             derivative(phi, cur, &hs[(t + 1) * bh..(t + 2) * bh], db);
         }
         grads.b_hh.data_mut().copy_from_slice(grads.b_ih.data());
-        let dzm = MatRef::row_major(&dz[..], rows, nh);
-        // dh(0) = dz(1)·W_hh
-        F::gemm(
-            MatMut::row_major(grads.h0.data_mut(), b, nh),
-            MatRef::row_major(&dz[..bh], b, nh),
-            w_hh,
-            false,
-        );
-        // dW_ih = DZᵀ·X, dW_hh = DZᵀ·[h(0); …; h(T−1)]: one GEMM each.
-        F::gemm(
-            MatMut::row_major(grads.w_ih.data_mut(), nh, ni),
-            dzm.t(),
+        grads_from_dz(
+            MatRef::row_major(&dz[..], rows, nh),
+            b,
             xm,
-            false,
-        );
-        F::gemm(
-            MatMut::row_major(grads.w_hh.data_mut(), nh, nh),
-            dzm.t(),
             MatRef::row_major(&hs[..rows * nh], rows, nh),
-            false,
+            w_ih,
+            w_hh,
+            DzGrads {
+                dh0: grads.h0.data_mut(),
+                dw_ih: grads.w_ih.data_mut(),
+                dw_hh: grads.w_hh.data_mut(),
+                dx: grads.x.as_mut().map(|dx| dx.data_mut()),
+            },
         );
-        if let Some(dx) = grads.x.as_mut() {
-            // dx(t) = dz(t)·W_ih for all t.
-            F::gemm(MatMut::row_major(dx.data_mut(), rows, ni), dzm, w_ih, false);
-        }
         loss
     }
 
