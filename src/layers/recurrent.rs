@@ -184,6 +184,15 @@ impl Recurrent {
         seed: u64,
     ) -> Self {
         let (h, g) = (cfg.hidden_size, kind.gates());
+        if h == 0 || cfg.num_layers == 0 {
+            fail(
+                kind.name(),
+                format!(
+                    "hidden_size = {h} and num_layers = {} must both be at least 1",
+                    cfg.num_layers
+                ),
+            );
+        }
         let k = init_bound(h);
         let mut counter = 0u64;
         let mut uniform = |shape: &[usize]| {
@@ -516,6 +525,11 @@ macro_rules! recurrent_layer {
             /// Creates the parameters in `store` under `name` (PyTorch's
             /// names: `{name}.weight_ih_l{k}[_reverse]`, …), initialised
             /// U(−1/√H, 1/√H) from `seed`.
+            ///
+            /// # Panics
+            /// If `hidden_size` or `num_layers` is 0 (a layer with no state
+            /// is refused by name rather than run as an empty product), or a
+            /// parameter name is already taken in `store`.
             pub fn new<F: Real>(store: &mut ParamStore<F>, name: &str, cfg: RecurrentConfig, seed: u64) -> Self {
                 #[allow(clippy::redundant_closure_call)]
                 let kind = ($kind)(&cfg);
@@ -528,7 +542,8 @@ macro_rules! recurrent_layer {
             }
 
             /// Runs the sequence `x` [T×B×I] from `init` (zeros if `None`).
-            /// T = 0 returns no outputs and the initial state.
+            /// T = 0 returns no outputs and the initial state; B = 0 runs
+            /// on empty batches (empty outputs, zero gradients).
             ///
             /// # Panics
             /// If `x` is not [T×B×input_size] or the initial state has the

@@ -143,9 +143,16 @@ pub(crate) fn flush_deferred<F: Real>(
     pool: &mut crate::tape::pool::Pool<F>,
 ) -> crate::error::Result<()> {
     let acc = !slot.fresh;
-    let (r0, k) = dims2(items[0].a);
-    let n = items[0].gy.len() / r0.max(1);
+    let k = dims2(items[0].a).1;
     let rows: usize = items.iter().map(|d| dims2(d.a).0).sum();
+    if rows == 0 || k == 0 {
+        // Empty batches contribute nothing: ∂L/∂W = 0.
+        if !acc {
+            slot.data.fill(F::zero());
+        }
+        return Ok(());
+    }
+    let n = slot.data.len() / k;
     let (g, a) = if items.len() == 1 {
         (None, None)
     } else {
