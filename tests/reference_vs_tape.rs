@@ -201,6 +201,76 @@ proptest! {
     }
 }
 
+/// f32 tape gradients against f64 tape gradients at the same point (every
+/// weight and input representable in f32), for an LSTM over up to 20 steps:
+/// what single precision costs. Norm-wise relative error ≤ 1e-3.
+fn lstm_f32_vs_f64(s: &Sizes) -> Result<(), TestCaseError> {
+    let p64 = LstmParams::<f64>::random(s.i, s.h, s.o, s.seed);
+    let p32 = LstmParams::<f32> {
+        w_ih: p64.w_ih.cast(),
+        w_hh: p64.w_hh.cast(),
+        b_ih: p64.b_ih.cast(),
+        b_hh: p64.b_hh.cast(),
+        w_out: p64.w_out.cast(),
+        b_out: p64.b_out.cast(),
+    };
+    // Round the f64 point to f32 so both precisions differentiate the same function.
+    let p64 = LstmParams::<f64> {
+        w_ih: p32.w_ih.cast(),
+        w_hh: p32.w_hh.cast(),
+        b_ih: p32.b_ih.cast(),
+        b_hh: p32.b_hh.cast(),
+        w_out: p32.w_out.cast(),
+        b_out: p32.b_out.cast(),
+    };
+    let (x32, h32, c32, targets) = data::<f32>(s);
+    let grads = |m: &TapeModel<f64>, x: Tensor<f64>, h: Tensor<f64>, c: Tensor<f64>| {
+        let tape = Tape::new();
+        let (xv, hv, cv) = (tape.var(x), tape.var(h), tape.var(c));
+        let g = m.loss(&tape, xv, hv, Some(cv), &targets).backward();
+        let mut out: Vec<Tensor<f64>> = [m.w_ih, m.w_hh, m.b_ih, m.w_out()]
+            .iter()
+            .map(|&k| g.param(k).unwrap().clone())
+            .collect();
+        out.extend([g.wrt(xv).clone(), g.wrt(hv).clone(), g.wrt(cv).clone()]);
+        out
+    };
+    let want = grads(&TapeModel::lstm(&p64), x32.cast(), h32.cast(), c32.cast());
+    let m32 = TapeModel::lstm(&p32);
+    let tape = Tape::new();
+    let (xv, hv, cv) = (tape.var(x32), tape.var(h32), tape.var(c32));
+    let g = m32.loss(&tape, xv, hv, Some(cv), &targets).backward();
+    let mut got: Vec<Tensor<f32>> = [m32.w_ih, m32.w_hh, m32.b_ih, m32.w_out()]
+        .iter()
+        .map(|&k| g.param(k).unwrap().clone())
+        .collect();
+    got.extend([g.wrt(xv).clone(), g.wrt(hv).clone(), g.wrt(cv).clone()]);
+    for (name, (a, b)) in ["dW_ih", "dW_hh", "db", "dW_out", "dx", "dh0", "dc0"]
+        .iter()
+        .zip(got.iter().zip(&want))
+    {
+        let e = rel_err(&a.cast::<f64>(), b);
+        let mut w = WORST_F32_VS_F64.lock().unwrap();
+        *w = w.max(e);
+        prop_assert!(e <= 1e-3, "{}: f32 vs f64 relative error {:e}", name, e);
+    }
+    Ok(())
+}
+
+static WORST_F32_VS_F64: Mutex<f64> = Mutex::new(0.0);
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases() / 4))]
+
+    #[test]
+    fn lstm_f32_gradients_match_f64_up_to_t20(
+        s in (1usize..=4, 1usize..=6, 1usize..=8, 2usize..=5, 1usize..=20, any::<u64>())
+            .prop_map(|(b, i, h, o, t, seed)| Sizes { b, i, h, o, t, seed })
+    ) {
+        lstm_f32_vs_f64(&s)?;
+    }
+}
+
 /// Runs after the properties in the same binary when tests run on one
 /// thread; with several threads it reports what has been seen so far.
 #[test]

@@ -804,6 +804,16 @@ fn seeded_backward<F: Real>(
         same("backward_with(1) vs backward", plain.wrt(v), ones.wrt(v))?;
     }
 
+    // A zero seed gives exactly zero gradients (every rule treats a zero
+    // incoming gradient as a structural zero).
+    let gz = y.backward_with(Tensor::zeros(&shape));
+    for &v in &run.leaves {
+        prop_assert!(
+            gz.wrt(v).data().iter().all(|&g| g == F::zero()),
+            "zero seed gave a non-zero gradient"
+        );
+    }
+
     // Linear in the seed: g(αs₁ + βs₂) = α·g(s₁) + β·g(s₂).
     let g2 = y.backward_with(s2.cast());
     let gm = y.backward_with(mix.cast());
