@@ -280,4 +280,8 @@ fn worst_errors_report() {
         "worst relative error so far: f32 {:e}, f64 {:e}",
         w[0], w[1]
     );
+    eprintln!(
+        "worst f32-vs-f64 LSTM (T ≤ 20) relative error so far: {:e}",
+        *WORST_F32_VS_F64.lock().unwrap()
+    );
 }
