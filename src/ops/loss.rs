@@ -230,9 +230,11 @@ impl<'t, F: Real> Var<'t, F> {
             if cols > 0 {
                 for (xr, or) in x.data().chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
                     let m = xr.iter().copied().fold(F::neg_infinity(), F::max);
-                    let lse = xr.iter().map(|&v| (v - m).exp()).sum::<F>().ln() + m;
+                    // (x − m) − ln Σ e^(x−m): subtracting m first keeps the
+                    // rounding at the scale of the shifted logits.
+                    let ln_sum = xr.iter().map(|&v| (v - m).exp()).sum::<F>().ln();
                     for (o, &v) in or.iter_mut().zip(xr) {
-                        *o = v - lse;
+                        *o = (v - m) - ln_sum;
                     }
                 }
             }

@@ -7,7 +7,8 @@
 //!
 //! Boundary conventions (the subgradients PyTorch uses): relu'(0) = 0,
 //! abs'(0) = 0, clamp passes the gradient where lo ≤ x ≤ hi (both ends
-//! included); sqrt'(0) = +∞ and log'(0) = +∞ as IEEE gives them.
+//! included), d/dx x⁰ = 0 (also at 0); sqrt'(0) = +∞, log'(0) = +∞ and
+//! d/dx x^p at 0 for 0 < p < 1 = +∞ as IEEE gives them.
 
 use super::{map1, BackwardCtx, GradSlot, Op};
 use crate::error::{Error, ErrorKind};
@@ -110,6 +111,9 @@ impl<F: Real> UnaryOp<F> {
             UnaryOp::Exp => rule(gy, x, y, slot, |g, _, y| g * y),
             UnaryOp::Log => rule(gy, x, y, slot, |g, x, _| g / x),
             UnaryOp::Sqrt => rule(gy, x, y, slot, |g, _, y| g * half / y),
+            // x⁰ = 1 is constant: its derivative is 0 everywhere, also at
+            // x = 0 where p·x^(p−1) would be 0·∞ (PyTorch's convention).
+            UnaryOp::Powf(p) if p == zero => rule(gy, x, y, slot, |_, _, _| zero),
             UnaryOp::Powf(p) => rule(gy, x, y, slot, |g, x, _| g * p * x.powf(p - one)),
             UnaryOp::Abs => rule(gy, x, y, slot, |g, x, _| {
                 if x > zero {
