@@ -135,6 +135,10 @@ impl<'t, F: Real> Var<'t, F> {
     /// Reverse sweep from this scalar: the gradients of every leaf that
     /// requires one, and of every var marked with [`Var::retain_grad`].
     ///
+    /// The tape keeps its values until it is reset, so backward may run
+    /// again (from this or another root) and gives bitwise the same
+    /// gradients; each call returns its own [`Grads`](super::Grads).
+    ///
     /// # Panics
     /// If the var has more than one element (see [`Var::backward_with`] and
     /// [`Var::try_backward`]).
