@@ -80,6 +80,19 @@ impl<'a, F: Real> GradSlot<'a, F> {
         }
     }
 
+    /// `d (=|+=) src`: the gradient passed through unchanged (reshape, the
+    /// addend of addmm, a block of concat).
+    #[inline]
+    pub(crate) fn put_slice(self, src: &[F]) {
+        if self.fresh {
+            self.data.copy_from_slice(src);
+        } else {
+            for (d, &s) in self.data.iter_mut().zip(src) {
+                *d = *d + s;
+            }
+        }
+    }
+
     /// `d[i] (=|+=) f(a[i], b[i], c[i])` as a plain indexed loop over
     /// equal-length slices (no iterator adapters, so it vectorizes).
     #[inline]

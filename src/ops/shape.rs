@@ -63,7 +63,7 @@ impl ShapeOp {
     ) {
         let gy = c.gy.data();
         match self {
-            ShapeOp::Reshape => slot.put(gy.iter().copied()),
+            ShapeOp::Reshape => slot.put_slice(gy),
             ShapeOp::Concat { axis, .. } => {
                 // Input k's block of every outer row, copied (or added) whole.
                 let (outer, total, inner) = around(c.gy.shape(), *axis);
@@ -78,14 +78,7 @@ impl ShapeOp {
                     .take(outer)
                 {
                     let from = (o * total + offset) * inner;
-                    let g = &gy[from..from + block];
-                    if fresh {
-                        d.copy_from_slice(g);
-                    } else {
-                        for (d, &g) in d.iter_mut().zip(g) {
-                            *d = *d + g;
-                        }
-                    }
+                    GradSlot { data: d, fresh }.put_slice(&gy[from..from + block]);
                 }
             }
             ShapeOp::Slice { axis, start, len } => {

@@ -272,8 +272,7 @@ impl<F: Real> Tape<F> {
                     format!("{} elements do not fill {shape:?}", data.len()),
                 )));
             }
-            let mut buf = or_panic(inner.pool.take(n, "constant_from_slice"));
-            buf.copy_from_slice(data);
+            let buf = or_panic(inner.pool.copy_of(data, "constant_from_slice"));
             Tensor::from_parts(shape.into(), buf)
         };
         self.constant(value)
@@ -348,8 +347,7 @@ impl<F: Real> Tape<F> {
         let src = store.try_get(key)?;
         let value = {
             let mut inner = self.inner.borrow_mut();
-            let mut buf = inner.pool.take(src.numel(), "param")?;
-            buf.copy_from_slice(src.data());
+            let buf = inner.pool.copy_of(src.data(), "param")?;
             Tensor::from_parts(src.shape().into(), buf)
         };
         let v = self.push_leaf(Op::Param(key), value, true);

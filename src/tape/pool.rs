@@ -95,6 +95,13 @@ impl<F: Copy + num_traits::Zero> Pool<F> {
         Ok(v)
     }
 
+    /// A pooled copy of `data`.
+    pub(crate) fn copy_of(&mut self, data: &[F], op: &str) -> Result<Vec<F>> {
+        let mut v = self.take(data.len(), op)?;
+        v.copy_from_slice(data);
+        Ok(v)
+    }
+
     /// Returns a buffer for reuse (dropped if the pool did not issue one of
     /// this length that is still out).
     pub(crate) fn give(&mut self, v: Vec<F>) {

@@ -125,8 +125,7 @@ impl<'t, F: Real> Var<'t, F> {
             let mut inner = self.tape.inner.borrow_mut();
             let inner = &mut *inner;
             let src = &inner.nodes[self.id as usize].value;
-            let mut buf = or_panic(inner.pool.take(src.numel(), "detach"));
-            buf.copy_from_slice(src.data());
+            let buf = or_panic(inner.pool.copy_of(src.data(), "detach"));
             Tensor::from_parts(src.shape().into(), buf)
         };
         self.tape.constant(value)
