@@ -286,22 +286,36 @@ impl Recurrent {
         }
     }
 
-    /// The bias added to the input projection: b_ih + b_hh (summed once, as
-    /// a [G·H] vector, before the broadcast over T·B rows), or b_ih alone
-    /// for the GRU, whose b_hh stays inside the step.
-    fn input_bias<'t, F: Real>(
+    /// Binds one layer-direction's parameters and projects its input:
+    /// returns `xw = x·W_ihᵀ + b` (b = b_ih + b_hh, summed once as a [G·H]
+    /// vector before the broadcast; b_ih alone for the GRU, whose b_hh stays
+    /// inside the step), W_hh, and the bias the step adds itself (GRU's b_hh).
+    #[allow(clippy::type_complexity)]
+    fn project<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
         store: &ParamStore<F>,
         p: &DirParams,
-        b_hh: Option<Var<'t, F>>,
-    ) -> Option<Var<'t, F>> {
+        x: Var<'t, F>,
+    ) -> (Var<'t, F>, Var<'t, F>, Option<Var<'t, F>>) {
+        let w_hh = tape.param(store, p.w_hh);
         let b_ih = p.b_ih.map(|k| tape.param(store, k));
-        let b_hh = b_hh.filter(|_| self.kind.folds_hidden_bias());
-        match (b_ih, b_hh) {
+        let b_hh = p.b_hh.map(|k| tape.param(store, k));
+        let (folded, in_step) = if self.kind.folds_hidden_bias() {
+            (b_hh, None)
+        } else {
+            (None, b_hh)
+        };
+        let bias = match (b_ih, folded) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
-        }
+        };
+        let xw = x.matmul_t(tape.param(store, p.w_ih));
+        let xw = match bias {
+            Some(b) => xw + b,
+            None => xw,
+        };
+        (xw, w_hh, in_step)
     }
 
     /// Runs the whole sequence `x` [T×B×I].
@@ -379,20 +393,9 @@ impl Recurrent {
                 let idx = l * dirs + d;
                 let p = &self.params[idx];
                 let _scope = tape.scope(self.scope_name(l, d));
-                let w_hh = tape.param(store, p.w_hh);
-                let b_hh = p.b_hh.map(|k| tape.param(store, k));
-                let xw = {
+                let (xw, w_hh, step_b_hh) = {
                     let _s = tape.scope("input_projection");
-                    let xw = flat.matmul_t(tape.param(store, p.w_ih));
-                    match self.input_bias(tape, store, p, b_hh) {
-                        Some(b) => xw + b,
-                        None => xw,
-                    }
-                };
-                let step_b_hh = if self.kind.folds_hidden_bias() {
-                    None
-                } else {
-                    b_hh
+                    self.project(tape, store, p, flat)
                 };
                 let mut hs = state.h[idx];
                 let mut cs = state.c.as_ref().map(|c| c[idx]);
@@ -490,17 +493,7 @@ impl Recurrent {
         };
         for (l, p) in self.params.iter().enumerate() {
             let _scope = tape.scope(self.scope_name(l, 0));
-            let w_hh = tape.param(store, p.w_hh);
-            let b_hh = p.b_hh.map(|k| tape.param(store, k));
-            let mut xw = input.matmul_t(tape.param(store, p.w_ih));
-            if let Some(b) = self.input_bias(tape, store, p, b_hh) {
-                xw = xw + b;
-            }
-            let step_b_hh = if self.kind.folds_hidden_bias() {
-                None
-            } else {
-                b_hh
-            };
+            let (xw, w_hh, step_b_hh) = self.project(tape, store, p, input);
             let c = state.c.as_ref().map(|c| c[l]);
             let (h, c) = self.kind.step(xw, state.h[l], c, w_hh, step_b_hh);
             out.h.push(h);
