@@ -140,6 +140,88 @@ impl<F: Real> Grads<F> {
         }
     }
 
+    /// Adds `other`'s parameter gradients into this set's, key by key: the
+    /// all-reduce of data-parallel training, where each shard of a batch
+    /// runs on its own tape and the step uses the sum. Only parameter
+    /// gradients are summed; var gradients stay this tape's own.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NoGradient`] if `other` has a gradient for a parameter
+    /// this set does not; [`ErrorKind::Shape`] if a pair differs in shape.
+    /// On error nothing has been added.
+    ///
+    /// ```
+    /// use tapegrad::{ParamStore, Tape, Tensor};
+    /// let mut store = ParamStore::<f64>::new();
+    /// let w = store.insert("w", Tensor::scalar(3.0));
+    /// let (t1, t2) = (Tape::new(), Tape::new());
+    /// let mut g = (tape_loss(&t1, &store, w, 1.0)).backward();
+    /// let g2 = (tape_loss(&t2, &store, w, 2.0)).backward();
+    /// g.try_accumulate_params(&g2)?;
+    /// assert_eq!(g.param(w).unwrap().item(), 3.0); // d(w·1 + w·2)/dw
+    /// # fn tape_loss<'t>(t: &'t Tape<f64>, s: &ParamStore<f64>, w: tapegrad::ParamKey, x: f64)
+    /// #     -> tapegrad::Var<'t, f64> { t.param(s, w) * x }
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    pub fn try_accumulate_params(&mut self, other: &Grads<F>) -> Result<()> {
+        let mut pairs = Vec::with_capacity(other.params.len());
+        for (key, g) in other.params() {
+            let Some(&(_, id)) = self.params.iter().find(|(k, _)| *k == key) else {
+                return Err(Error::new(
+                    ErrorKind::NoGradient,
+                    "accumulate_params",
+                    format!(
+                        "the other set has a gradient for parameter {key:?}, this one does not"
+                    ),
+                ));
+            };
+            let Some(mine) = self.slots[id as usize].as_ref() else {
+                return Err(Error::new(
+                    ErrorKind::NoGradient,
+                    "accumulate_params",
+                    format!("parameter {key:?} has no gradient in this set"),
+                ));
+            };
+            if mine.shape() != g.shape() {
+                return Err(Error::new(
+                    ErrorKind::Shape,
+                    "accumulate_params",
+                    format!(
+                        "parameter {key:?}: gradient {:?} here, {:?} in the other set",
+                        mine.shape(),
+                        g.shape()
+                    ),
+                ));
+            }
+            pairs.push((id as usize, g));
+        }
+        for (id, g) in pairs {
+            let mine = self.slots[id].as_mut().expect("checked above");
+            for (a, &b) in mine.data_mut().iter_mut().zip(g.data()) {
+                *a = *a + b;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Grads::try_accumulate_params`], panicking with the error's message
+    /// on a mismatch (a programmer error: shards of different models).
+    ///
+    /// ```
+    /// use tapegrad::{ParamStore, Tape, Tensor};
+    /// let mut store = ParamStore::<f32>::new();
+    /// let w = store.insert("w", Tensor::scalar(1.0));
+    /// let (t1, t2) = (Tape::new(), Tape::new());
+    /// let mut g = t1.param(&store, w).powf(2.0).backward();
+    /// g.accumulate_params(&t2.param(&store, w).powf(2.0).backward());
+    /// assert_eq!(g.param(w).unwrap().item(), 4.0);
+    /// ```
+    pub fn accumulate_params(&mut self, other: &Grads<F>) {
+        if let Err(e) = self.try_accumulate_params(other) {
+            panic!("{e}");
+        }
+    }
+
     pub(crate) fn into_buffers(self) -> impl Iterator<Item = Vec<F>> {
         self.slots.into_iter().flatten().map(Tensor::into_vec)
     }
