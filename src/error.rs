@@ -44,6 +44,9 @@ pub enum ErrorKind {
     StaleKey,
     /// A gradient was asked for a var that did not request it.
     NoGradient,
+    /// A var whose value was released ([`crate::Var::release`]) was used
+    /// as an operand or read.
+    Released,
     /// An invalid argument that is not about shapes (a probability outside
     /// [0, 1), a class index out of range, a bad option).
     InvalidArgument,

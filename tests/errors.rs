@@ -526,3 +526,45 @@ fn error_accessors() {
         format!("tapegrad: Tensor::from_vec: {}", e.message())
     );
 }
+
+// ----- released values ---------------------------------------------------------
+
+/// A released value cannot be used again: as an operand the op panics with
+/// a message naming itself, the operand, its shape and where it was
+/// recorded; reading it panics likewise. Values a backward rule reads are
+/// never released, and gradients are unaffected.
+#[test]
+fn released_values_are_refused_by_name() {
+    let tape = Tape::<f64>::new();
+    let x = tape.var(Tensor::ones(&[2, 3]));
+    let z = {
+        let _s = tape.scope("pre");
+        x * 2.0
+    };
+    let y = z.tanh();
+    assert!(z.release(), "tanh does not read its input");
+    assert!(!z.release(), "already released");
+    assert!(!y.release(), "tanh's backward reads its output");
+    let m = panic_message(|| z.exp());
+    assert_mentions(&m, &["exp", "operand 0", "[2, 3]", "pre", "released"]);
+    let m = panic_message(|| z.value().numel());
+    assert_mentions(&m, &["value", "[2, 3]", "pre", "released"]);
+    let m = panic_message(|| z.detach());
+    assert_mentions(&m, &["detach", "released"]);
+    // The shape is still known, and backward routes through the node.
+    assert_eq!(z.shape().as_slice(), &[2, 3]);
+    let g = y.sum().backward();
+    let want = 2.0 * (1.0 - 2f64.tanh().powi(2));
+    assert!(g.wrt(x).data().iter().all(|&v| (v - want).abs() < 1e-15));
+
+    // Bound parameters and values read by a recorded rule stay.
+    let mut store = ParamStore::<f64>::new();
+    let w = store.insert("w", Tensor::ones(&[3, 3]));
+    let wv = tape.param(&store, w);
+    assert!(!wv.release(), "a bound parameter");
+    let p = x.matmul(wv);
+    assert!(!x.release(), "matmul's backward reads x");
+    assert!(p.release(), "nothing reads the product yet");
+    let e = ErrorKind::Released;
+    assert_eq!(format!("{e:?}"), "Released");
+}

@@ -201,6 +201,70 @@ proptest! {
     }
 }
 
+/// Long sequences: T·B above the layer's projection chunk
+/// (`PROJECTION_ROWS` = 512 rows), so the input projection is hoisted in
+/// several GEMMs whose values are released chunk by chunk; T 513..=700,
+/// B 1..=3, small widths. Same tolerances; 24 cases per property.
+fn long_sizes() -> impl Strategy<Value = Sizes> {
+    (
+        1usize..=3,
+        1usize..=3,
+        1usize..=4,
+        2usize..=3,
+        513usize..=700,
+        any::<u64>(),
+    )
+        .prop_map(|(b, i, h, o, t, seed)| Sizes {
+            b,
+            i,
+            h,
+            o,
+            t,
+            seed,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn long_rnn_with_chunked_projection_equals_reference(s in long_sizes()) {
+        prop_assert!(s.t * s.b > tapegrad::layers::PROJECTION_ROWS);
+        rnn_property::<f64>(&s, Nonlinearity::Tanh)?;
+    }
+
+    #[test]
+    fn long_lstm_with_chunked_projection_equals_reference(s in long_sizes()) {
+        lstm_property::<f64>(&s)?;
+    }
+}
+
+/// A batch and width at which the backward sweep flushes the deferred
+/// W_hh and W_ih gradients early (pending G_t ≥ 2²⁰ elements: B·4H = 16·1024
+/// per step, 64 steps), twice within the sequence: the same gradients as
+/// the reference (f64, ≤ 1e-9).
+#[test]
+fn early_flush_of_deferred_weight_gradients_equals_reference() {
+    let s = Sizes {
+        b: 16,
+        i: 8,
+        h: 256,
+        o: 4,
+        t: 140,
+        seed: 7,
+    };
+    lstm_property::<f64>(&s).unwrap();
+    rnn_property::<f64>(
+        &Sizes {
+            h: 1024,
+            t: 70,
+            ..s
+        },
+        Nonlinearity::Tanh,
+    )
+    .unwrap();
+}
+
 /// f32 tape gradients against f64 tape gradients at the same point (every
 /// weight and input representable in f32), for an LSTM over up to 20 steps:
 /// what single precision costs. Norm-wise relative error ≤ 1e-3.

@@ -748,6 +748,55 @@ fn backward_twice<F: Real>(p: &Program) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Releasing every value no recorded backward rule reads — after the whole
+/// forward pass, and again with each value released as soon as the next
+/// step is recorded — leaves the gradients bitwise unchanged; the released
+/// buffers really go (fewer elements held), and what stays is read.
+fn release_keeps_gradients<F: Real>(p: &Program) -> Result<(), TestCaseError> {
+    let (want, _) = run_program(&Tape::<F>::new(), p);
+
+    let tape = Tape::<F>::new();
+    let run = p.record(&tape, p.leaves(&tape));
+    let last = run.last.retain_grad();
+    let values = |t: &Tape<F>| t.held_elements();
+    let held = values(&tape);
+    let freed = tape.release_unneeded(&[run.loss]);
+    // Pooled buffers are reused (held); buffers the pool did not issue
+    // (the leaves' own tensors) are dropped.
+    prop_assert!(values(&tape) <= held);
+    let g = run.loss.backward();
+    for (k, v) in run.leaves.iter().copied().chain([last]).enumerate() {
+        same(
+            &format!("released after forward: gradient {k}"),
+            g.wrt(v),
+            &want.grads[k],
+        )?;
+    }
+    // A second backward over the released graph is still exact.
+    let g2 = run.loss.backward();
+    for v in run.leaves.iter().copied().chain([last]) {
+        same("released, backward twice", g.wrt(v), g2.wrt(v))?;
+    }
+    prop_assert!(freed <= held);
+
+    // Per var: each recorded value released with `Var::release`.
+    let tape = Tape::<F>::new();
+    let run = p.record(&tape, p.leaves(&tape));
+    let last = run.last.retain_grad();
+    for v in &run.values[..run.values.len() - 1] {
+        v.release();
+    }
+    let g = run.loss.backward();
+    for (k, v) in run.leaves.iter().copied().chain([last]).enumerate() {
+        same(
+            &format!("released per var: gradient {k}"),
+            g.wrt(v),
+            &want.grads[k],
+        )?;
+    }
+    Ok(())
+}
+
 fn reset_and_reuse<F: Real>(p: &Program, other: &Program) -> Result<(), TestCaseError> {
     let (fresh, _) = run_program(&Tape::<F>::new(), p);
     let mut tape = Tape::<F>::new();
@@ -839,6 +888,14 @@ proptest! {
     fn backward_twice_is_bitwise_identical(p in program()) {
         backward_twice::<f64>(&p)?;
         backward_twice::<f32>(&p)?;
+    }
+
+    /// Released values (every one no backward rule reads) change no
+    /// gradient: bitwise equal to the run that kept them, f64 and f32.
+    #[test]
+    fn releasing_unread_values_keeps_gradients_bitwise(p in program()) {
+        release_keeps_gradients::<f64>(&p)?;
+        release_keeps_gradients::<f32>(&p)?;
     }
 
     /// A reset tape, its pool dirty from another program, records and

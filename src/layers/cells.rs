@@ -17,6 +17,12 @@
 //!
 //! Each gate is recorded under its own label scope, so a listing or an
 //! error says `lstm.l0/t=3/forget_gate`.
+//!
+//! Memory: a step releases ([`Var::release`]) the values no backward rule
+//! reads — the projected input, the pre-activations and their gate slices,
+//! the partial sums `f⊙c₋` and `i⊙g` — as soon as their consumers are
+//! recorded, so what stays on the tape per LSTM step is i, f, g, o, c,
+//! tanh c and h: the activations hand-written BPTT keeps.
 
 use crate::{Nonlinearity, Real, Var};
 
@@ -70,10 +76,12 @@ impl CellKind {
         match self {
             CellKind::Rnn(phi) => {
                 let a = xw.addmm_t(h, w_hh);
+                xw.release();
                 let h = match phi {
                     Nonlinearity::Tanh => a.tanh(),
                     Nonlinearity::Relu => a.relu(),
                 };
+                a.release(); // kept by relu, whose backward reads it
                 (h, None)
             }
             CellKind::Lstm => {
@@ -82,14 +90,20 @@ impl CellKind {
                     let _s = tape.scope("gates");
                     xw.addmm_t(h, w_hh)
                 };
+                xw.release();
                 let parts = z.split(1, 4);
+                z.release();
                 let i = gate(parts[0], "input_gate", Var::sigmoid);
                 let f = gate(parts[1], "forget_gate", Var::sigmoid);
                 let g = gate(parts[2], "cell_gate", Var::tanh);
                 let o = gate(parts[3], "output_gate", Var::sigmoid);
                 let c = {
                     let _s = tape.scope("cell");
-                    f * c_prev + i * g
+                    let (fc, ig) = (f * c_prev, i * g);
+                    let c = fc + ig;
+                    fc.release();
+                    ig.release();
+                    c
                 };
                 let h = {
                     let _s = tape.scope("hidden");
@@ -102,21 +116,37 @@ impl CellKind {
                     let _s = tape.scope("gates");
                     let hw = h.matmul_t(w_hh);
                     match b_hh {
-                        Some(b) => hw + b,
+                        Some(b) => {
+                            let biased = hw + b;
+                            hw.release();
+                            biased
+                        }
                         None => hw,
                     }
                 };
                 let x = xw.split(1, 3);
+                xw.release();
                 let hh = hw.split(1, 3);
+                hw.release();
                 let r = gate(x[0] + hh[0], "reset_gate", Var::sigmoid);
                 let z = gate(x[1] + hh[1], "update_gate", Var::sigmoid);
                 let n = {
                     let _s = tape.scope("new_gate");
-                    (x[2] + r * hh[2]).tanh()
+                    let rh = r * hh[2];
+                    let pre = x[2] + rh;
+                    let n = pre.tanh();
+                    // hh[2] stays: r⊙hh_n's backward reads it.
+                    for v in [rh, pre, x[0], x[1], x[2], hh[0], hh[1]] {
+                        v.release();
+                    }
+                    n
                 };
                 let h = {
                     let _s = tape.scope("hidden");
-                    n + z * (h - n)
+                    let zd = z * (h - n);
+                    let h = n + zd;
+                    zd.release();
+                    h
                 };
                 (h, None)
             }
@@ -124,12 +154,15 @@ impl CellKind {
     }
 }
 
-/// Applies `act` to `pre` under the label scope `name`.
+/// Applies `act` to `pre` under the label scope `name`, then releases `pre`
+/// (the gate activations' backward rules read their outputs, not `pre`).
 fn gate<'t, F: Real>(
     pre: Var<'t, F>,
     name: &'static str,
     act: fn(Var<'t, F>) -> Var<'t, F>,
 ) -> Var<'t, F> {
     let _s = pre.tape().scope(name);
-    act(pre)
+    let y = act(pre);
+    pre.release();
+    y
 }

@@ -72,7 +72,11 @@ impl Linear {
     ) -> Var<'t, F> {
         let y = x.matmul_t(tape.param(store, self.weight));
         match self.bias {
-            Some(b) => y + tape.param(store, b),
+            Some(b) => {
+                let out = y + tape.param(store, b);
+                y.release(); // the sum's backward does not read x·Wᵀ
+                out
+            }
             None => y,
         }
     }

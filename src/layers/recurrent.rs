@@ -2,9 +2,13 @@
 //! in PyTorch's layout, stacking, bidirectional runs, variable lengths,
 //! dropout between layers, and the per-step API for decoders.
 //!
-//! For each layer and direction the input projection of all T steps is one
-//! GEMM over T·B rows (`x·W_ihᵀ + b`, still two primitives), then the steps
-//! slice their rows out of it and run the cell (`cells.rs`). Padded steps of
+//! For each layer and direction the input projection is hoisted out of the
+//! step loop: one GEMM (`x·W_ihᵀ + b`, still two primitives) per chunk of
+//! steps covering about [`PROJECTION_ROWS`] rows of T·B, then the steps
+//! slice their rows out of it and run the cell (`cells.rs`). Chunks rather
+//! than all T at once so the projected inputs — four gate blocks per step
+//! for an LSTM, as large as everything BPTT keeps — never live all at
+//! once: each chunk is released when its steps have run. Padded steps of
 //! shorter sequences keep the state unchanged through `select`, so they
 //! change neither the final state nor any gradient.
 
@@ -13,6 +17,11 @@ use super::state::State;
 use super::{derive_seed, init_bound};
 use crate::error::{or_panic, Error, ErrorKind};
 use crate::{Nonlinearity, ParamKey, ParamStore, Real, Tape, Tensor, Var};
+
+/// Rows (steps × batch) of one hoisted input projection: large enough for
+/// the GEMM to run near its peak, small enough that the projected inputs of
+/// a chunk are a small part of a long sequence's memory.
+pub const PROJECTION_ROWS: usize = 512;
 
 /// Sizes and options of a recurrent layer, as PyTorch's constructor takes
 /// them.
@@ -312,7 +321,11 @@ impl Recurrent {
         };
         let xw = x.matmul_t(tape.param(store, p.w_ih));
         let xw = match bias {
-            Some(b) => xw + b,
+            Some(b) => {
+                let biased = xw + b;
+                xw.release(); // the sum's backward does not read it
+                biased
+            }
             None => xw,
         };
         (xw, w_hh, in_step)
@@ -393,22 +406,37 @@ impl Recurrent {
                 let idx = l * dirs + d;
                 let p = &self.params[idx];
                 let _scope = tape.scope(self.scope_name(l, d));
-                let (xw, w_hh, step_b_hh) = {
-                    let _s = tape.scope("input_projection");
-                    self.project(tape, store, p, flat)
-                };
                 let mut hs = state.h[idx];
                 let mut cs = state.c.as_ref().map(|c| c[idx]);
                 let zeros = masks.as_ref().map(|_| tape.zeros(&[batch, h]));
                 let mut outs = vec![None; steps];
+                // Chunks of steps in run order, each projected in one GEMM.
+                let per = (PROJECTION_ROWS / batch.max(1)).clamp(1, steps);
+                let mut chunk = None;
+                let mut t0 = 0;
                 let order: Box<dyn Iterator<Item = usize>> = if d == 0 {
                     Box::new(0..steps)
                 } else {
                     Box::new((0..steps).rev())
                 };
                 for t in order {
+                    if chunk.is_none() || t < t0 || t >= t0 + per {
+                        if let Some((done, _, _)) = chunk {
+                            Var::release(done);
+                        }
+                        t0 = t - t % per;
+                        let len = per.min(steps - t0);
+                        let _s = tape.scope("input_projection");
+                        let x_c = if len == steps {
+                            flat
+                        } else {
+                            flat.slice(0, t0, len)
+                        };
+                        chunk = Some(self.project(tape, store, p, x_c));
+                    }
+                    let (xw, w_hh, step_b_hh) = chunk.expect("projected above");
                     let _t = tape.scope_at("t", t);
-                    let xw_t = xw.slice(0, t * batch, batch);
+                    let xw_t = xw.slice(0, (t - t0) * batch, batch);
                     let (h_new, c_new) = self.kind.step(xw_t, hs, cs, w_hh, step_b_hh);
                     match (&masks, zeros) {
                         (Some(m), Some(z)) => {
@@ -426,6 +454,9 @@ impl Recurrent {
                             outs[t] = Some(h_new);
                         }
                     }
+                }
+                if let Some((done, _, _)) = chunk {
+                    Var::release(done);
                 }
                 final_h.push(hs);
                 if let Some(c) = cs {

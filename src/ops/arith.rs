@@ -23,6 +23,13 @@ pub(crate) enum BinaryOp {
 }
 
 impl BinaryOp {
+    /// Whether backward reads input `k`'s value: both operands of a product
+    /// or quotient (each one's gradient reads the other); none of a sum or
+    /// difference, whose rules only route the gradient.
+    pub(crate) fn reads_input(&self, _k: usize) -> bool {
+        matches!(self, BinaryOp::Mul | BinaryOp::Div)
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         match self {
             BinaryOp::Add => "add",
@@ -40,8 +47,20 @@ impl BinaryOp {
     ) {
         let (a, b) = (c.x[0], c.x[1]);
         let out = c.gy.shape();
-        let (a, b) = ((a.data(), a.shape()), (b.data(), b.shape()));
         let gy = c.gy.data();
+        if gy.is_empty() {
+            // No output elements: every input element gets gradient 0.
+            slot.for_adding();
+            return;
+        }
+        // A sum or difference does not read its operands, which may have
+        // been released (empty): gy's leading elements stand in (an operand
+        // has at most as many elements as the non-empty output).
+        let read = self.reads_input(k);
+        let (a, b) = (
+            (operand(a, gy, read), a.shape()),
+            (operand(b, gy, read), b.shape()),
+        );
         match (self, k) {
             (BinaryOp::Add, _) | (BinaryOp::Sub, 0) => {
                 broadcast::grad(k, out, a, b, gy, slot, |g, _, _| g)
@@ -54,6 +73,16 @@ impl BinaryOp {
                 broadcast::grad(k, out, a, b, gy, slot, |g, x, y| -g * x / (y * y))
             }
         }
+    }
+}
+
+/// An operand's data, or — for a rule that does not read it — as many of
+/// gy's elements, so a released (empty) value is never indexed.
+fn operand<'a, F: Real>(t: &'a Tensor<F>, gy: &'a [F], read: bool) -> &'a [F] {
+    if read {
+        t.data()
+    } else {
+        &gy[..t.numel()]
     }
 }
 

@@ -48,6 +48,13 @@ fn view<F: Real>(t: &Tensor<F>, transposed: bool) -> MatRef<'_, F> {
 }
 
 impl LinalgOp {
+    /// Whether backward reads input `k`'s value: a product's two factors
+    /// (each one's gradient reads the other), not the addend `c` of addmm,
+    /// not the operand of a transpose.
+    pub(crate) fn reads_input(&self, k: usize) -> bool {
+        matches!(self, LinalgOp::Matmul { .. }) && k < 2
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         match self {
             LinalgOp::Matmul { ta, tb, add } => {
@@ -114,6 +121,12 @@ pub(crate) struct Deferred<'a, F> {
 /// beyond it the per-use GEMM is already efficient and deferring would only
 /// keep G_t alive longer.
 const DEFER_MAX_ROWS: usize = 512;
+
+/// Pending G_t elements of one weight beyond which the sweep flushes its
+/// deferred uses early (4 MiB in f32): bounds the memory deferral holds on
+/// long sequences, while each flush still stacks ≥ 512 rows at the batch
+/// sizes where that memory matters (B = 64, 4H = 2048: eight steps).
+pub(crate) const DEFER_FLUSH_ELEMS: usize = 1 << 20;
 
 impl LinalgOp {
     /// Whether the gradient for input `k` of this node may be deferred and

@@ -89,6 +89,17 @@ fn softmax_rows<F: Real>(x: &[F], cols: usize, out: &mut [F], mut lse: impl FnMu
 }
 
 impl<F: Real> LossOp<F> {
+    /// Whether backward reads input `k`'s value: only the MSE's operands
+    /// (cross-entropy saved its probabilities, the softmaxes read y).
+    pub(crate) fn reads_input(&self, _k: usize) -> bool {
+        matches!(self, LossOp::Mse { .. })
+    }
+
+    /// Whether backward reads the output's value (softmax, log-softmax).
+    pub(crate) fn reads_output(&self) -> bool {
+        matches!(self, LossOp::Softmax | LossOp::LogSoftmax)
+    }
+
     pub(crate) fn name(&self) -> Cow<'static, str> {
         match self {
             LossOp::Softmax => "softmax".into(),

@@ -6,7 +6,12 @@
 //!
 //! Backward rules receive a [`BackwardCtx`] (input values `x`, output value
 //! `y`, output gradient `gy`) and a [`GradSlot`] for one input, into which
-//! they write (first contribution) or add (later ones) ∂L/∂x_k.
+//! they write (first contribution) or add (later ones) ∂L/∂x_k. Each family
+//! also declares which values its rules read (`reads_input`,
+//! `reads_output`): those stay on the tape, every other value may be
+//! released once its forward consumers have run ([`crate::Var::release`]),
+//! so a rule must never touch the data of a value it does not declare —
+//! only its shape.
 
 pub(crate) mod arith;
 pub(crate) mod broadcast;
@@ -151,6 +156,29 @@ impl<F: Real> Op<F> {
             Op::Loss(o) => o.backward(k, ctx, slot),
             Op::Dropout(o) => o.backward(k, ctx, slot),
             Op::Select(o) => o.backward(k, ctx, slot),
+        }
+    }
+
+    /// Whether this op's backward reads input `k`'s value, which must then
+    /// stay on the tape (see [`crate::Var::release`]).
+    pub(crate) fn reads_input(&self, k: usize) -> bool {
+        match self {
+            Op::Leaf | Op::Param(_) => false,
+            Op::Binary(o) => o.reads_input(k),
+            Op::Unary(o) => o.reads_input(),
+            Op::Linalg(o) => o.reads_input(k),
+            Op::Loss(o) => o.reads_input(k),
+            // Routed by shape alone, or by saved masks and indices.
+            Op::Reduce(_) | Op::Shape(_) | Op::Dropout(_) | Op::Select(_) => false,
+        }
+    }
+
+    /// Whether this op's backward reads its own output value.
+    pub(crate) fn reads_output(&self) -> bool {
+        match self {
+            Op::Unary(o) => o.reads_output(),
+            Op::Loss(o) => o.reads_output(),
+            _ => false,
         }
     }
 

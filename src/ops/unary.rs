@@ -42,6 +42,24 @@ pub(crate) enum UnaryOp<F> {
 }
 
 impl<F: Real> UnaryOp<F> {
+    /// Whether backward reads the input's value (the derivative is a
+    /// function of x).
+    pub(crate) fn reads_input(&self) -> bool {
+        matches!(
+            self,
+            UnaryOp::Relu | UnaryOp::Log | UnaryOp::Powf(_) | UnaryOp::Abs | UnaryOp::Clamp { .. }
+        )
+    }
+
+    /// Whether backward reads the output's value (the derivative is a
+    /// function of y: tanh, σ, exp, sqrt).
+    pub(crate) fn reads_output(&self) -> bool {
+        matches!(
+            self,
+            UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Exp | UnaryOp::Sqrt
+        )
+    }
+
     pub(crate) fn name(&self) -> Cow<'static, str> {
         match *self {
             UnaryOp::Affine { mul, add } => {
@@ -101,7 +119,15 @@ impl<F: Real> UnaryOp<F> {
     }
 
     pub(crate) fn backward(&self, _k: usize, c: &BackwardCtx<'_, F>, slot: GradSlot<'_, F>) {
-        let (gy, x, y) = (c.gy.data(), c.x[0].data(), c.y.data());
+        // A value the rule does not read may have been released (empty):
+        // gy, of the same length, stands in for it.
+        let gy = c.gy.data();
+        let x = if self.reads_input() {
+            c.x[0].data()
+        } else {
+            gy
+        };
+        let y = if self.reads_output() { c.y.data() } else { gy };
         let (one, zero, half) = (F::one(), F::zero(), F::of(0.5));
         match *self {
             UnaryOp::Affine { mul, .. } => rule(gy, x, y, slot, |g, _, _| g * mul),

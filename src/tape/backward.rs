@@ -15,9 +15,10 @@
 //! gradient never get a slot (requires-grad pruning), and nodes the root
 //! does not depend on never receive one, so they cost nothing either.
 
-use super::{check_finite, NodeId, Tape, Var};
+use super::pool::Pool;
+use super::{check_finite, Node, NodeId, Tape, Var};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::linalg::{flush_deferred, Deferred};
+use crate::ops::linalg::{flush_deferred, Deferred, DEFER_FLUSH_ELEMS};
 use crate::ops::{BackwardCtx, GradSlot, Op};
 use crate::params::ParamKey;
 use crate::tensor::Tensor;
@@ -227,6 +228,34 @@ impl<F: Real> Grads<F> {
     }
 }
 
+/// Adds the deferred uses `items` of weight `w` (in orientation `tb`) into
+/// its gradient slot as one GEMM, and returns their buffers to the pool.
+fn flush_into<F: Real>(
+    nodes: &[Node<F>],
+    slots: &mut [Option<Vec<F>>],
+    pool: &mut Pool<F>,
+    (w, tb): (usize, bool),
+    items: DeferredUses<F>,
+) -> Result<()> {
+    let fresh = slots[w].is_none();
+    if fresh {
+        slots[w] = Some(pool.take(nodes[w].value.numel(), "backward")?);
+    }
+    let list: Vec<Deferred<'_, F>> = items
+        .iter()
+        .map(|(g, a)| Deferred {
+            gy: g,
+            a: &nodes[*a].value,
+        })
+        .collect();
+    let data = slots[w].as_mut().expect("slot was just filled");
+    flush_deferred(tb, &list, GradSlot { data, fresh }, pool)?;
+    for (g, _) in items {
+        pool.give(g);
+    }
+    Ok(())
+}
+
 impl<F: Real> Tape<F> {
     /// The reverse sweep from node `root`, seeded with ones or `seed`.
     pub(crate) fn backward_from(&self, root: NodeId, seed: Option<Tensor<F>>) -> Result<Grads<F>> {
@@ -266,24 +295,7 @@ impl<F: Real> Tape<F> {
                 let Some(items) = deferred.remove(&(i, tb)) else {
                     continue;
                 };
-                let fresh = slots[i].is_none();
-                if fresh {
-                    slots[i] = Some(pool.take(node.value.numel(), "backward")?);
-                }
-                {
-                    let list: Vec<Deferred<'_, F>> = items
-                        .iter()
-                        .map(|(g, a)| Deferred {
-                            gy: g,
-                            a: &nodes[*a].value,
-                        })
-                        .collect();
-                    let data = slots[i].as_mut().expect("slot was just filled");
-                    flush_deferred(tb, &list, GradSlot { data, fresh }, pool)?;
-                }
-                for (g, _) in items {
-                    pool.give(g);
-                }
+                flush_into(nodes, &mut slots, pool, (i, tb), items)?;
             }
             let Some(gy) = slots[i].take() else { continue };
             if !node.inputs.is_empty() {
@@ -335,10 +347,13 @@ impl<F: Real> Tape<F> {
                             slots[i] = Some(gy.clone());
                         }
                         deferred_max = deferred_max.max(j);
-                        deferred
-                            .entry((j, tb))
-                            .or_default()
-                            .push((gy, node.inputs[0] as usize));
+                        let uses = deferred.entry((j, tb)).or_default();
+                        uses.push((gy, node.inputs[0] as usize));
+                        // Bound what deferral holds: flush a long list now.
+                        if uses.iter().map(|(g, _)| g.len()).sum::<usize>() >= DEFER_FLUSH_ELEMS {
+                            let items = deferred.remove(&(j, tb)).expect("just pushed");
+                            flush_into(nodes, &mut slots, pool, (j, tb), items)?;
+                        }
                     }
                     (None, true) => slots[i] = Some(gy),
                     (None, false) => pool.give(gy),

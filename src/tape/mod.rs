@@ -59,6 +59,12 @@ pub(crate) struct Node<F> {
     /// Keep this node's gradient after backward (leaves that require
     /// gradients always keep theirs).
     pub(crate) retain: bool,
+    /// A recorded backward rule reads this value (its own, or a
+    /// consumer's): it cannot be released.
+    pub(crate) pinned: bool,
+    /// The value's buffer went back to the pool ([`Var::release`]); the
+    /// shape stays, the data is empty.
+    pub(crate) released: bool,
     /// Scope frame open when the node was recorded.
     pub(crate) label: u32,
 }
@@ -158,7 +164,9 @@ impl<F: Real> Tape<F> {
     pub fn reset(&mut self) {
         let inner = self.inner.get_mut();
         for node in inner.nodes.drain(..) {
-            inner.pool.give(node.value.into_vec());
+            if !node.released {
+                inner.pool.give(node.value.into_vec());
+            }
             node.op.recycle(&mut inner.pool);
         }
         inner.scopes.clear();
@@ -190,7 +198,12 @@ impl<F: Real> Tape<F> {
     /// Elements currently held by the tape: node values plus pooled buffers.
     pub fn held_elements(&self) -> usize {
         let inner = self.inner.borrow();
-        inner.nodes.iter().map(|n| n.value.numel()).sum::<usize>() + inner.pool.held()
+        inner
+            .nodes
+            .iter()
+            .map(|n| n.value.data().len())
+            .sum::<usize>()
+            + inner.pool.held()
     }
 
     /// Turns anomaly checking on or off: when on, the first op whose value
@@ -221,6 +234,8 @@ impl<F: Real> Tape<F> {
             value,
             requires_grad,
             retain: false,
+            pinned: false,
+            released: false,
             label,
         });
         Var::new(self, id)
@@ -414,6 +429,19 @@ impl<F: Real> Tape<F> {
         let inner = &mut *guard;
         let label = inner.scopes.current;
         for (k, v) in inputs.iter().enumerate() {
+            if v.is_on(self) && inner.nodes[v.id() as usize].released {
+                return Err(Error::new(
+                    ErrorKind::Released,
+                    op_name,
+                    format!(
+                        "operand {k} (%{}, {:?}, recorded at '{}') had its value released",
+                        v.id(),
+                        inner.nodes[v.id() as usize].value.shape(),
+                        inner.scopes.path(inner.nodes[v.id() as usize].label),
+                    ),
+                )
+                .with_label(Some(inner.scopes.path(label))));
+            }
             if !v.is_on(self) {
                 return Err(Error::new(
                     ErrorKind::ForeignTape,
@@ -440,16 +468,76 @@ impl<F: Real> Tape<F> {
         if inner.anomaly {
             check_finite(&value, "forward", &op, &inner.scopes.path(label))?;
         }
+        if requires_grad {
+            for (k, &j) in ids.iter().enumerate() {
+                if op.reads_input(k) {
+                    inner.nodes[j as usize].pinned = true;
+                }
+            }
+        }
         let id = inner.nodes.len() as NodeId;
         inner.nodes.push(Node {
+            pinned: requires_grad && op.reads_output(),
             op,
             inputs: ids,
             value,
             requires_grad,
             retain: false,
+            released: false,
             label,
         });
         Ok(Var::new(self, id))
+    }
+
+    /// Releases node `id`'s value unless a recorded backward rule reads it
+    /// (or it is a bound parameter, or already released, or empty);
+    /// returns whether it did.
+    pub(crate) fn release_node(&self, id: NodeId) -> bool {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let node = &mut inner.nodes[id as usize];
+        if node.pinned
+            || node.released
+            || node.value.data().is_empty()
+            || matches!(node.op, Op::Param(_))
+        {
+            return false;
+        }
+        node.released = true;
+        inner.pool.give(node.value.take_data());
+        true
+    }
+
+    /// Releases every value no recorded backward rule reads, except those
+    /// of `keep`: after the forward pass, this frees what only the forward
+    /// pass needed, and backward runs as before. Returns the number of
+    /// elements freed.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.var(Tensor::ones(&[1000]));
+    /// let h = (x * 2.0 + 1.0).tanh();         // x·2 and +1 are not read by backward
+    /// let loss = h.sum();
+    /// let freed = tape.release_unneeded(&[x, loss]);
+    /// assert_eq!(freed, 2000);                 // x·2 and +1; tanh's output is read, x and loss kept
+    /// assert!((loss.item() - 1000.0 * 3f64.tanh()).abs() < 1e-9);
+    /// let dx = loss.backward().wrt(x).data()[0];
+    /// assert!((dx - 2.0 * (1.0 - 3f64.tanh().powi(2))).abs() < 1e-12);
+    /// ```
+    pub fn release_unneeded(&self, keep: &[Var<'_, F>]) -> usize {
+        let n = self.len();
+        let mut freed = 0;
+        for id in 0..n as NodeId {
+            if keep.iter().any(|v| v.is_on(self) && v.id() == id) {
+                continue;
+            }
+            let len = self.inner.borrow().nodes[id as usize].value.data().len();
+            if self.release_node(id) {
+                freed += len;
+            }
+        }
+        freed
     }
 
     /// Runs `f` with the value of node `id`.

@@ -59,10 +59,66 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.constant(tapegrad::Tensor::ones(&[3]));
     /// assert_eq!(x.value().data(), &[1.0; 3]);
     /// ```
+    ///
+    /// # Panics
+    /// If the value was released ([`Var::release`]).
+    #[track_caller]
     pub fn value(&self) -> Ref<'t, Tensor<F>> {
+        self.check_not_released("value");
         Ref::map(self.tape.inner.borrow(), |i| {
             &i.nodes[self.id as usize].value
         })
+    }
+
+    #[track_caller]
+    fn check_not_released(&self, what: &str) {
+        let inner = self.tape.inner.borrow();
+        let node = &inner.nodes[self.id as usize];
+        if node.released {
+            let e = crate::Error::new(
+                crate::ErrorKind::Released,
+                what,
+                format!(
+                    "var %{} ({:?}, recorded at '{}') had its value released",
+                    self.id,
+                    node.value.shape(),
+                    inner.scopes.path(node.label)
+                ),
+            );
+            drop(inner);
+            panic!("{e}");
+        }
+    }
+
+    /// Frees this var's value now, if no backward rule recorded so far reads
+    /// it; returns whether it did. Gradients are unaffected: backward routes
+    /// through the node by its shape.
+    ///
+    /// PyTorch frees an intermediate when its last Python reference goes
+    /// and autograd did not save it; a tape cannot see references, so the
+    /// code that knows a value is dead says so. The recurrent layers release
+    /// each step's pre-activations, gate slices and partial sums this way,
+    /// which keeps a step's memory to what BPTT needs (docs/performance.md).
+    /// Values stay when a rule reads them (tanh's output, a product's
+    /// factors, a matmul's operands), as do bound parameters.
+    ///
+    /// # Panics
+    /// A later use of a released var as an operand, or [`Var::value`], panics
+    /// with [`crate::ErrorKind::Released`] naming it.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.var(Tensor::scalar(0.5));
+    /// let z = x * 3.0;       // tanh's backward reads tanh's output, not z
+    /// let y = z.tanh();
+    /// assert!(z.release());   // so z's buffer goes back to the pool now
+    /// assert!(!y.release());  // tanh's backward reads y: kept
+    /// let g = (y * 2.0).backward();
+    /// assert!((g.wrt(x).item() - 6.0 * (1.0 - 1.5f64.tanh().powi(2))).abs() < 1e-12);
+    /// ```
+    pub fn release(self) -> bool {
+        self.tape.release_node(self.id)
     }
 
     /// A copy of the value.
@@ -120,7 +176,9 @@ impl<'t, F: Real> Var<'t, F> {
     /// let y = x * x.detach();          // d/dx treats the second factor as 2
     /// assert_eq!(y.backward().wrt(x).item(), 2.0);
     /// ```
+    #[track_caller]
     pub fn detach(self) -> Var<'t, F> {
+        self.check_not_released("detach");
         let value = {
             let mut inner = self.tape.inner.borrow_mut();
             let inner = &mut *inner;

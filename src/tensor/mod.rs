@@ -199,6 +199,12 @@ impl<F: Real> Tensor<F> {
         }
     }
 
+    /// Takes the buffer out, leaving the shape over an empty buffer: a tape
+    /// value that was released. Such a tensor never leaves the crate.
+    pub(crate) fn take_data(&mut self) -> Vec<F> {
+        std::mem::take(&mut self.data)
+    }
+
     /// Internal constructor for callers that already hold a matching buffer.
     pub(crate) fn from_parts(shape: Shape, data: Vec<F>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
@@ -215,9 +221,12 @@ impl<F: Real> Tensor<F> {
         self.shape.len()
     }
 
-    /// The number of elements.
+    /// The number of elements (the product of the shape).
     pub fn numel(&self) -> usize {
-        self.data.len()
+        // From the shape, not the buffer: a tape node whose value was
+        // released keeps its shape with an empty buffer, and backward rules
+        // size gradients by it.
+        self.shape.iter().product()
     }
 
     /// The elements, row-major.
