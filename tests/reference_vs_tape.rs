@@ -349,3 +349,76 @@ fn worst_errors_report() {
         *WORST_F32_VS_F64.lock().unwrap()
     );
 }
+
+/// The reverse direction of a bidirectional layer over a sequence longer
+/// than one projection chunk (T = 601, B = 1: chunks of 512 steps, the
+/// reverse pass starting in the short last one) equals a unidirectional
+/// layer with the reverse weights run on the time-reversed input, and the
+/// forward direction equals one with the forward weights: outputs and the
+/// gradients of all eight weights of each direction (f64, ≤ 1e-12 relative).
+#[test]
+fn long_bidirectional_lstm_equals_two_unidirectional_runs() {
+    use tapegrad::layers::{Lstm, RecurrentConfig};
+    use tapegrad::{ParamStore, Var};
+    let (t, b, i, h) = (601, 1, 3, 4);
+    let mut bi_store = ParamStore::<f64>::new();
+    let bi = Lstm::new(
+        &mut bi_store,
+        "bi",
+        RecurrentConfig::new(i, h).bidirectional(true),
+        3,
+    );
+    let x = Tensor::<f64>::randn(&[t, b, i], 5);
+    let r = Tensor::<f64>::randn(&[t, b, 2 * h], 6);
+    let names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"];
+
+    let tape = Tape::new();
+    let out = bi.forward(&tape, &bi_store, tape.constant(x.clone()), None);
+    let loss = (out.stacked() * tape.constant(r.clone())).sum();
+    let g = loss.backward();
+    let outs: Vec<Tensor<f64>> = out.outputs.iter().map(Var::to_tensor).collect();
+
+    for (dir, sfx) in [(0usize, ""), (1, "_reverse")] {
+        let mut store = ParamStore::<f64>::new();
+        let uni = Lstm::new(&mut store, "uni", RecurrentConfig::new(i, h), 9);
+        for n in names {
+            let from = bi_store.key(&format!("bi.{n}{sfx}")).unwrap();
+            let to = store.key(&format!("uni.{n}")).unwrap();
+            *store.get_mut(to) = bi_store.get(from).clone();
+        }
+        // Time order of this direction's run, and its half of r.
+        let at = |s: usize| if dir == 0 { s } else { t - 1 - s };
+        let mut xs = Vec::new();
+        let mut rs = Vec::new();
+        for s in 0..t {
+            xs.extend_from_slice(&x.data()[at(s) * b * i..(at(s) + 1) * b * i]);
+            let row = &r.data()[at(s) * b * 2 * h..(at(s) + 1) * b * 2 * h];
+            rs.extend_from_slice(&row[dir * h..(dir + 1) * h]);
+        }
+        let tape = Tape::new();
+        let xv = tape.constant(Tensor::from_vec(xs, &[t, b, i]).unwrap());
+        let u = uni.forward(&tape, &store, xv, None);
+        let rv = tape.constant(Tensor::from_vec(rs, &[t, b, h]).unwrap());
+        let ug = (u.stacked() * rv).sum().backward();
+        let mut worst = 0.0f64;
+        for s in 0..t {
+            let want = u.outputs[s].to_tensor();
+            let got = &outs[at(s)].data()[dir * h..(dir + 1) * h];
+            for (a, w) in got.iter().zip(want.data()) {
+                worst = worst.max((a - w).abs());
+            }
+        }
+        assert!(
+            worst <= 1e-12,
+            "direction {dir}: outputs differ by {worst:e}"
+        );
+        for n in names {
+            let gb = g
+                .param(bi_store.key(&format!("bi.{n}{sfx}")).unwrap())
+                .unwrap();
+            let gu = ug.param(store.key(&format!("uni.{n}")).unwrap()).unwrap();
+            let e = rel_err(gb, gu);
+            assert!(e <= 1e-12, "direction {dir}, {n}: relative error {e:e}");
+        }
+    }
+}

@@ -294,6 +294,7 @@ impl<F: Real> CharModel<F> {
             let (logits, last) =
                 self.forward(tape, &batch.inputs, batch.batch, state, Some(dropout_seed));
             let loss = logits.cross_entropy(&batch.targets, Reduction::Mean);
+            logits.release(); // cross-entropy saved its probabilities
             let value = loss.item().to_f64_lossy();
             (value, last.to_tensors(), loss.backward())
         };
