@@ -13,6 +13,28 @@
 //! cargo bench --bench bptt
 //! TAPEGRAD_BENCH_THREADS=2 cargo bench --bench bptt
 //! ```
+//!
+//! How the threads are used, identically on both sides:
+//!
+//! - **1 thread**: one serial step (one tape; one reference instance).
+//! - **W ≥ 2 threads and B = 1** (config S): the serial step, with the large
+//!   GEMMs split over W threads (`tapegrad::set_num_threads(W)`).
+//! - **W ≥ 2 threads and B ≥ 2** (M, L): data-parallel over batch shards.
+//!   The batch is cut into `min(W, B)` balanced column shards
+//!   (`tapegrad::parallel::shard_ranges`), cut once outside the timed loop as
+//!   a data loader would hand each worker its part. Each timed step runs
+//!   every shard at once — shard 0 on the bench thread, the others on scoped
+//!   threads, each shard's GEMMs on one thread — and sums the parameter
+//!   gradients on the bench thread. The tape side is
+//!   `tapegrad::parallel::DataParallel` (one tape per worker, reused across
+//!   steps; `Grads::accumulate_params`); the hand side runs one
+//!   `RnnBptt`/`LstmBptt` per shard, built for that shard's batch size, the
+//!   same way ([`run_shards`]) and sums their gradients into one set
+//!   ([`sum_into`]). Both losses are sums over the batch, so either side's
+//!   summed gradients are its full-batch gradients.
+//!
+//! The `gemm` group always runs on the bench thread with the process-wide
+//! thread count, so at W threads it measures the W-thread GEMM rate.
 
 #[path = "../tests/common/bptt_task.rs"]
 mod bptt_task;
@@ -20,9 +42,11 @@ mod bptt_task;
 use bptt_task::TapeModel;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
+use std::ops::Range;
 use std::time::Duration;
+use tapegrad::parallel::{shard_columns, shard_ranges, shard_targets, DataParallel};
 use tapegrad::reference::{LstmBptt, LstmParams, RnnBptt, RnnParams};
-use tapegrad::tensor::gemm::{MatMut, MatRef};
+use tapegrad::tensor::gemm::{limit_threads_here, MatMut, MatRef};
 use tapegrad::{Nonlinearity, Real, Tape, Tensor};
 
 /// A benchmark configuration.
@@ -76,6 +100,125 @@ fn data(c: &Config) -> (Tensor<f32>, Vec<usize>) {
     (x, targets)
 }
 
+/// The batch cut into shards for a data-parallel step, or `None` for the
+/// serial step (1 thread, or a batch of one).
+struct Shards {
+    ranges: Vec<Range<usize>>,
+    /// `[T, |shard|, I]` inputs.
+    xs: Vec<Tensor<f32>>,
+    /// `[T·|shard|]` targets.
+    ys: Vec<Vec<usize>>,
+    /// Zero initial states, `[|shard|·H]`.
+    zeros: Vec<Vec<f32>>,
+}
+
+impl Shards {
+    fn new(c: &Config, x: &Tensor<f32>, targets: &[usize]) -> Option<Self> {
+        let workers = threads();
+        if workers < 2 || c.b < 2 {
+            return None;
+        }
+        let ranges = shard_ranges(c.b, workers);
+        Some(Shards {
+            xs: ranges.iter().map(|r| shard_columns(x, r.clone())).collect(),
+            ys: ranges
+                .iter()
+                .map(|r| shard_targets(targets, c.b, r.clone()))
+                .collect(),
+            zeros: ranges.iter().map(|r| vec![0.0; r.len() * c.h]).collect(),
+            ranges,
+        })
+    }
+
+    fn shape(&self, c: &Config, k: usize) -> [usize; 3] {
+        [c.t, self.ranges[k].len(), c.i]
+    }
+}
+
+/// Runs `f(k, &mut items[k])` for every k at once, the way
+/// `DataParallel::step` runs its workers: item 0 on the calling thread, the
+/// others on scoped threads, each with its GEMMs on one thread.
+fn run_shards<W: Send, R: Send>(items: &mut [W], f: impl Fn(usize, &mut W) -> R + Sync) -> Vec<R> {
+    let f = &f;
+    let (first, rest) = items.split_first_mut().expect("at least one shard");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = rest
+            .iter_mut()
+            .enumerate()
+            .map(|(k, item)| {
+                s.spawn(move || {
+                    let _one = limit_threads_here(1);
+                    f(k + 1, item)
+                })
+            })
+            .collect();
+        let r0 = {
+            let _one = limit_threads_here(1);
+            f(0, first)
+        };
+        let mut out = vec![r0];
+        out.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("shard panicked")),
+        );
+        out
+    })
+}
+
+/// `out[p] = Σ_k parts[k][p]`, element by element: the hand side's gradient
+/// sum over shards. Like `Grads::accumulate_params` on the tape side (which
+/// adds each further shard into shard 0's set), it makes one pass per
+/// further shard: `out = g₀ + g₁`, then `out += g_k`.
+fn sum_into(out: &mut [Tensor<f32>], parts: &[[&Tensor<f32>; 6]]) {
+    for (p, acc) in out.iter_mut().enumerate() {
+        let acc = acc.data_mut();
+        match parts {
+            [] => acc.fill(0.0),
+            [only] => acc.copy_from_slice(only[p].data()),
+            [g0, g1, rest @ ..] => {
+                for ((a, &x), &y) in acc.iter_mut().zip(g0[p].data()).zip(g1[p].data()) {
+                    *a = x + y;
+                }
+                for part in rest {
+                    for (a, &g) in acc.iter_mut().zip(part[p].data()) {
+                        *a += g;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The parameter gradients of a reference instance, in a fixed order.
+trait HandGrads {
+    fn params(&self) -> [&Tensor<f32>; 6];
+}
+
+impl HandGrads for RnnBptt<f32> {
+    fn params(&self) -> [&Tensor<f32>; 6] {
+        let g = self.grads();
+        [&g.w_ih, &g.w_hh, &g.b_ih, &g.b_hh, &g.w_out, &g.b_out]
+    }
+}
+
+impl HandGrads for LstmBptt<f32> {
+    fn params(&self) -> [&Tensor<f32>; 6] {
+        let g = self.grads();
+        [&g.w_ih, &g.w_hh, &g.b_ih, &g.b_hh, &g.w_out, &g.b_out]
+    }
+}
+
+/// Every shard's parameter gradients.
+fn grad_parts<H: HandGrads>(hands: &[H]) -> Vec<[&Tensor<f32>; 6]> {
+    hands.iter().map(HandGrads::params).collect()
+}
+
+/// Zero tensors shaped like `grads`, to sum shard gradients into.
+fn zeros_like(grads: &[&Tensor<f32>]) -> Vec<Tensor<f32>> {
+    grads.iter().map(|g| Tensor::zeros(g.shape())).collect()
+}
+
 fn tune(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, c: &Config) {
     match c.name {
         "L" => group
@@ -99,6 +242,32 @@ fn rnn_bptt(cr: &mut Criterion) {
         let (x, targets) = data(&c);
         let shape = [c.t, c.b, c.i];
         let model = TapeModel::rnn(&p, Nonlinearity::Tanh);
+        if let Some(sh) = Shards::new(&c, &x, &targets) {
+            let mut dp = DataParallel::new(sh.ranges.len());
+            group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
+                bench.iter(|| {
+                    let (losses, grads) = dp.step(|k, tape| {
+                        model.step(tape, sh.xs[k].data(), sh.shape(&c, k), &sh.ys[k])
+                    });
+                    black_box(losses);
+                    dp.reset_with(grads);
+                })
+            });
+            let mut hands: Vec<_> = (sh.ranges.iter())
+                .map(|r| RnnBptt::new(r.len(), c.i, c.h, c.o, c.t, Nonlinearity::Tanh, false))
+                .collect();
+            let mut sum = zeros_like(&grad_parts(&hands)[0]);
+            group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
+                bench.iter(|| {
+                    let losses = run_shards(&mut hands, |k, hand| {
+                        hand.run(&p, sh.xs[k].data(), &sh.zeros[k], &sh.ys[k])
+                    });
+                    sum_into(&mut sum, &grad_parts(&hands));
+                    black_box((losses, sum[0].data()[0]));
+                })
+            });
+            continue;
+        }
         let mut tape = Tape::new();
         group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
             bench.iter(|| {
@@ -125,6 +294,33 @@ fn lstm_bptt(cr: &mut Criterion) {
         let (x, targets) = data(&c);
         let shape = [c.t, c.b, c.i];
         let model = TapeModel::lstm(&p);
+        if let Some(sh) = Shards::new(&c, &x, &targets) {
+            let mut dp = DataParallel::new(sh.ranges.len());
+            group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
+                bench.iter(|| {
+                    let (losses, grads) = dp.step(|k, tape| {
+                        model.step(tape, sh.xs[k].data(), sh.shape(&c, k), &sh.ys[k])
+                    });
+                    black_box(losses);
+                    dp.reset_with(grads);
+                })
+            });
+            let mut hands: Vec<_> = (sh.ranges.iter())
+                .map(|r| LstmBptt::new(r.len(), c.i, c.h, c.o, c.t, false))
+                .collect();
+            let mut sum = zeros_like(&grad_parts(&hands)[0]);
+            group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
+                bench.iter(|| {
+                    let losses = run_shards(&mut hands, |k, hand| {
+                        let z = &sh.zeros[k];
+                        hand.run(&p, sh.xs[k].data(), z, z, &sh.ys[k])
+                    });
+                    sum_into(&mut sum, &grad_parts(&hands));
+                    black_box((losses, sum[0].data()[0]));
+                })
+            });
+            continue;
+        }
         let mut tape = Tape::new();
         group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
             bench.iter(|| {

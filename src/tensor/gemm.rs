@@ -9,6 +9,8 @@
 //! slices. Transposes are strides: `aᵀ` is the same slice with
 //! row and column strides swapped, so backward never materialises one.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A read-only m×n matrix view: element (i, j) is `data[i*rs + j*cs]`.
@@ -101,8 +103,15 @@ fn check<F>(c: &MatMut<'_, F>, a: &MatRef<'_, F>, b: &MatRef<'_, F>) {
 
 static MAX_THREADS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// This thread's override of [`MAX_THREADS`] (0 = none), set by
+    /// [`limit_threads_here`] for as long as its guard lives.
+    static LOCAL_MAX_THREADS: Cell<usize> = const { Cell::new(0) };
+}
+
 /// Sets how many threads a large GEMM may use (1 = always single-threaded).
-/// The default is the machine's available parallelism.
+/// The default is the machine's available parallelism. A thread that holds
+/// a [`limit_threads_here`] guard keeps its own limit regardless.
 ///
 /// ```
 /// tapegrad::set_num_threads(1);
@@ -113,11 +122,66 @@ pub fn set_num_threads(n: usize) {
     MAX_THREADS.store(n, Ordering::Relaxed);
 }
 
-/// The number of threads a large GEMM may use (see [`set_num_threads`]).
+/// The number of threads a large GEMM called on this thread may use: the
+/// limit of a live [`limit_threads_here`] guard on this thread if there is
+/// one, otherwise the process-wide [`set_num_threads`] value.
 pub fn num_threads() -> usize {
-    match MAX_THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    match LOCAL_MAX_THREADS.with(Cell::get) {
+        0 => match MAX_THREADS.load(Ordering::Relaxed) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
         n => n,
+    }
+}
+
+/// Limits the GEMMs called on the current thread to `n` threads until the
+/// returned guard is dropped; other threads, and the process-wide
+/// [`set_num_threads`] value, are unaffected. `n = 0` removes any limit of
+/// an outer guard (the process-wide value applies again).
+///
+/// Why: data-parallel training ([`crate::parallel::DataParallel`]) already
+/// runs one worker per core; if each worker's large GEMMs also split across
+/// all cores, W workers × C GEMM threads oversubscribe the machine. Each
+/// worker therefore runs under `limit_threads_here(1)`.
+///
+/// Guards nest: dropping one restores the limit that was in force when it
+/// was made. The guard is neither `Send` nor `Sync` (it belongs to the
+/// thread whose limit it set).
+///
+/// ```
+/// use tapegrad::tensor::gemm::limit_threads_here;
+/// tapegrad::set_num_threads(4);
+/// {
+///     let _one = limit_threads_here(1);
+///     assert_eq!(tapegrad::num_threads(), 1);
+///     // another thread still sees the process-wide value
+///     assert_eq!(std::thread::spawn(tapegrad::num_threads).join().unwrap(), 4);
+/// }
+/// assert_eq!(tapegrad::num_threads(), 4);
+/// tapegrad::set_num_threads(0);
+/// ```
+pub fn limit_threads_here(n: usize) -> ThreadLimitGuard {
+    let prev = LOCAL_MAX_THREADS.with(|c| c.replace(n));
+    ThreadLimitGuard {
+        prev,
+        _this_thread: PhantomData,
+    }
+}
+
+/// Restores the current thread's previous GEMM thread limit when dropped
+/// (see [`limit_threads_here`]).
+#[must_use = "the limit is lifted when this guard is dropped"]
+#[derive(Debug)]
+pub struct ThreadLimitGuard {
+    prev: usize,
+    /// `*const ()` makes the guard `!Send`: it must drop on its own thread.
+    _this_thread: PhantomData<*const ()>,
+}
+
+impl Drop for ThreadLimitGuard {
+    fn drop(&mut self) {
+        LOCAL_MAX_THREADS.with(|c| c.set(self.prev));
     }
 }
 
@@ -309,6 +373,31 @@ mod tests {
                 assert!((x - y).abs() < 1e-9, "{x} vs {y}");
             }
         }
+    }
+
+    #[test]
+    fn thread_limit_guards_nest_and_restore() {
+        // Reads this thread's override directly: other tests may change the
+        // process-wide value concurrently.
+        let local = || LOCAL_MAX_THREADS.with(Cell::get);
+        assert_eq!(local(), 0);
+        {
+            let _outer = limit_threads_here(1);
+            assert_eq!(num_threads(), 1);
+            {
+                let _inner = limit_threads_here(3);
+                assert_eq!(num_threads(), 3);
+                let _lifted = limit_threads_here(0);
+                assert_eq!(local(), 0);
+            }
+            assert_eq!(num_threads(), 1);
+            // A product big enough to go parallel stays on one thread.
+            assert!(matches!(
+                parallelism(1024, 1024, 1024),
+                gemm::Parallelism::None
+            ));
+        }
+        assert_eq!(local(), 0);
     }
 
     #[test]
