@@ -26,6 +26,35 @@
 
 use crate::{Nonlinearity, Real, Var};
 
+/// A weight W [out × in] as a product reads it: `x·Wᵀ`.
+#[derive(Clone, Copy)]
+pub(crate) enum Weight<'t, F: Real> {
+    /// W in PyTorch's layout: `x·Wᵀ` by `matmul_t` (the per-step API,
+    /// where reordering would copy the weight every step).
+    Stored(Var<'t, F>),
+    /// Wᵀ [in × out], reordered once per sequence by `transpose`: `x·Wᵀ` as
+    /// a row-major product by `matmul`.
+    Transposed(Var<'t, F>),
+}
+
+impl<'t, F: Real> Weight<'t, F> {
+    /// `x·Wᵀ`.
+    pub(crate) fn times(self, x: Var<'t, F>) -> Var<'t, F> {
+        match self {
+            Weight::Stored(w) => x.matmul_t(w),
+            Weight::Transposed(wt) => x.matmul(wt),
+        }
+    }
+
+    /// `c + x·Wᵀ` in one GEMM.
+    pub(crate) fn times_onto(self, c: Var<'t, F>, x: Var<'t, F>) -> Var<'t, F> {
+        match self {
+            Weight::Stored(w) => c.addmm_t(x, w),
+            Weight::Transposed(wt) => c.addmm(x, wt),
+        }
+    }
+}
+
 /// Which cell a recurrent layer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CellKind {
@@ -69,13 +98,13 @@ impl CellKind {
         xw: Var<'t, F>,
         h: Var<'t, F>,
         c: Option<Var<'t, F>>,
-        w_hh: Var<'t, F>,
+        w_hh: Weight<'t, F>,
         b_hh: Option<Var<'t, F>>,
     ) -> (Var<'t, F>, Option<Var<'t, F>>) {
         let tape = xw.tape();
         match self {
             CellKind::Rnn(phi) => {
-                let a = xw.addmm_t(h, w_hh);
+                let a = w_hh.times_onto(xw, h);
                 xw.release();
                 let h = match phi {
                     Nonlinearity::Tanh => a.tanh(),
@@ -88,7 +117,7 @@ impl CellKind {
                 let c_prev = c.expect("an LSTM step needs a cell state");
                 let z = {
                     let _s = tape.scope("gates");
-                    xw.addmm_t(h, w_hh)
+                    w_hh.times_onto(xw, h)
                 };
                 xw.release();
                 let parts = z.split(1, 4);
@@ -114,7 +143,7 @@ impl CellKind {
             CellKind::Gru => {
                 let hw = {
                     let _s = tape.scope("gates");
-                    let hw = h.matmul_t(w_hh);
+                    let hw = w_hh.times(h);
                     match b_hh {
                         Some(b) => {
                             let biased = hw + b;

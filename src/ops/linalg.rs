@@ -15,7 +15,7 @@
 use super::{BackwardCtx, GradSlot, Op};
 use crate::error::{Error, Result};
 use crate::tensor::gemm::{MatMut, MatRef};
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{transpose_into, Shape, Tensor};
 use crate::{Real, Var};
 use smallvec::SmallVec;
 
@@ -93,6 +93,11 @@ impl LinalgOp {
                 let (rows, cols) = dims2(c.x[k]);
                 let dst = MatMut::row_major(slot.data, rows, cols);
                 match (k, ta, tb) {
+                    // G·Bᵀ with B = Wᵀ a reordered weight: G·W, row-major.
+                    (0, false, false) if c.untransposed[1].is_some() => {
+                        let w = c.untransposed[1].expect("checked");
+                        F::gemm(dst, g, view(w, false), acc)
+                    }
                     (0, false, _) => F::gemm(dst, g, b.t(), acc), // G·Bᵀ
                     (0, true, _) => F::gemm(dst, b, g.t(), acc),  // (G·Bᵀ)ᵀ = B·Gᵀ
                     (_, _, false) => F::gemm(dst, a.t(), g, acc), // Aᵀ·G
@@ -100,10 +105,9 @@ impl LinalgOp {
                 }
             }
             LinalgOp::Transpose => {
-                let (r, cl) = (c.gy.shape()[0], c.gy.shape()[1]);
-                let g = c.gy.data();
                 // x is cl×r; ∂L/∂x[j][i] = G[i][j].
-                slot.put((0..cl * r).map(|p| g[(p % r) * cl + p / r]));
+                let (r, cl) = (c.gy.shape()[0], c.gy.shape()[1]);
+                transpose_into(c.gy.data(), r, cl, slot.data, acc);
             }
         }
     }
@@ -424,10 +428,7 @@ impl<'t, F: Real> Var<'t, F> {
             }
             let (r, c) = (a.shape()[0], a.shape()[1]);
             let mut out = pool.take(a.numel(), "transpose")?;
-            let d = a.data();
-            for (p, o) in out.iter_mut().enumerate() {
-                *o = d[(p % r) * c + p / r];
-            }
+            transpose_into(a.data(), r, c, &mut out, false);
             Ok((
                 Op::Linalg(LinalgOp::Transpose),
                 Tensor::from_parts(Shape::from_slice(&[c, r]), out),

@@ -60,6 +60,11 @@ pub(crate) struct BackwardCtx<'a, F> {
     pub(crate) x: &'a [&'a Tensor<F>],
     pub(crate) y: &'a Tensor<F>,
     pub(crate) gy: &'a Tensor<F>,
+    /// For an input that is the output of a 2-D `transpose`, the
+    /// transpose's own (unreleased) input: that input's transpose, already
+    /// row-major. A product with a weight reordered as Wᵀ reads W here for
+    /// its G·W, sparing a column-major operand (see `linalg.rs`).
+    pub(crate) untransposed: &'a [Option<&'a Tensor<F>>],
 }
 
 /// The gradient buffer of one input. `fresh` means nothing has been written

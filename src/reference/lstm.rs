@@ -6,7 +6,7 @@ use super::{
     sigmoid, softmax_xent_rows, Dims, DzGrads,
 };
 use crate::tensor::gemm::{MatMut, MatRef};
-use crate::tensor::Tensor;
+use crate::tensor::{transpose_into, Tensor};
 use crate::Real;
 use std::fmt;
 
@@ -169,6 +169,10 @@ pub struct LstmBptt<F: Real> {
     dc: Vec<F>,
     /// b_ih + b_hh, `[4H]`.
     bias: Vec<F>,
+    /// W_ihᵀ and W_hhᵀ, reordered once per run so every product with them is
+    /// row-major (the faster GEMM path; the tape layers do the same).
+    w_ih_t: Vec<F>,
+    w_hh_t: Vec<F>,
     grads: LstmGrads<F>,
 }
 
@@ -231,6 +235,8 @@ impl<F: Real> LstmBptt<F> {
             dz: vec![F::zero(); gates],
             dc: vec![F::zero(); bh],
             bias: vec![F::zero(); h4],
+            w_ih_t: vec![F::zero(); h4 * input],
+            w_hh_t: vec![F::zero(); h4 * hidden],
             grads: LstmGrads {
                 w_ih: Tensor::zeros(&[h4, input]),
                 w_hh: Tensor::zeros(&[h4, hidden]),
@@ -291,11 +297,17 @@ impl<F: Real> LstmBptt<F> {
             dz,
             dc,
             bias,
+            w_ih_t,
+            w_hh_t,
             grads,
             ..
         } = self;
         let w_ih = MatRef::row_major(p.w_ih.data(), h4, ni);
         let w_hh = MatRef::row_major(p.w_hh.data(), h4, nh);
+        transpose_into(p.w_ih.data(), h4, ni, w_ih_t, false);
+        transpose_into(p.w_hh.data(), h4, nh, w_hh_t, false);
+        let w_ih_t = MatRef::row_major(w_ih_t, ni, h4);
+        let w_hh_t = MatRef::row_major(w_hh_t, nh, h4);
         let w_out = MatRef::row_major(p.w_out.data(), no, nh);
         let xm = MatRef::row_major(x, rows, ni);
 
@@ -304,14 +316,14 @@ impl<F: Real> LstmBptt<F> {
         hs[..bh].copy_from_slice(h0);
         cs[..bh].copy_from_slice(c0);
         // z(t) ← x(t)·W_ihᵀ for all t: one GEMM over T·B rows.
-        F::gemm(MatMut::row_major(gates, rows, h4), xm, w_ih.t(), false);
+        F::gemm(MatMut::row_major(gates, rows, h4), xm, w_ih_t, false);
         for t in 0..nt {
             let z = &mut gates[t * b4h..(t + 1) * b4h];
             // z(t) += h(t−1)·W_hhᵀ
             F::gemm(
                 MatMut::row_major(z, b, h4),
                 MatRef::row_major(&hs[t * bh..(t + 1) * bh], b, nh),
-                w_hh.t(),
+                w_hh_t,
                 true,
             );
             let (c_done, c_todo) = cs.split_at_mut((t + 1) * bh);

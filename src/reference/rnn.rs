@@ -6,7 +6,7 @@ use super::{
     softmax_xent_rows, Dims, DzGrads,
 };
 use crate::tensor::gemm::{MatMut, MatRef};
-use crate::tensor::Tensor;
+use crate::tensor::{transpose_into, Tensor};
 use crate::{Nonlinearity, Real};
 use std::fmt;
 
@@ -154,6 +154,10 @@ pub struct RnnBptt<F: Real> {
     dz: Vec<F>,
     /// b_ih + b_hh, `[H]`.
     bias: Vec<F>,
+    /// W_ihᵀ and W_hhᵀ, reordered once per run so every product with them is
+    /// row-major (the faster GEMM path; the tape layers do the same).
+    w_ih_t: Vec<F>,
+    w_hh_t: Vec<F>,
     grads: RnnGrads<F>,
 }
 
@@ -213,6 +217,8 @@ impl<F: Real> RnnBptt<F> {
             err: vec![F::zero(); err],
             dz: vec![F::zero(); dz],
             bias: vec![F::zero(); hidden],
+            w_ih_t: vec![F::zero(); hidden * input],
+            w_hh_t: vec![F::zero(); hidden * hidden],
             grads: RnnGrads {
                 w_ih: Tensor::zeros(&[hidden, input]),
                 w_hh: Tensor::zeros(&[hidden, hidden]),
@@ -267,12 +273,18 @@ impl<F: Real> RnnBptt<F> {
             err,
             dz,
             bias,
+            w_ih_t,
+            w_hh_t,
             grads,
             ..
         } = self;
         let phi = *phi;
         let w_ih = MatRef::row_major(p.w_ih.data(), nh, ni);
         let w_hh = MatRef::row_major(p.w_hh.data(), nh, nh);
+        transpose_into(p.w_ih.data(), nh, ni, w_ih_t, false);
+        transpose_into(p.w_hh.data(), nh, nh, w_hh_t, false);
+        let w_ih_t = MatRef::row_major(w_ih_t, ni, nh);
+        let w_hh_t = MatRef::row_major(w_hh_t, nh, nh);
         let w_out = MatRef::row_major(p.w_out.data(), no, nh);
         let xm = MatRef::row_major(x, rows, ni);
 
@@ -283,7 +295,7 @@ impl<F: Real> RnnBptt<F> {
         F::gemm(
             MatMut::row_major(&mut hs[bh..], rows, nh),
             xm,
-            w_ih.t(),
+            w_ih_t,
             false,
         );
         for t in 0..nt {
@@ -294,7 +306,7 @@ impl<F: Real> RnnBptt<F> {
             F::gemm(
                 MatMut::row_major(cur, b, nh),
                 MatRef::row_major(prev, b, nh),
-                w_hh.t(),
+                w_hh_t,
                 true,
             );
             activate(phi, cur, bias);

@@ -18,7 +18,7 @@
 use super::pool::Pool;
 use super::{check_finite, Node, NodeId, Tape, Var};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::linalg::{flush_deferred, Deferred, DEFER_FLUSH_ELEMS};
+use crate::ops::linalg::{flush_deferred, Deferred, LinalgOp, DEFER_FLUSH_ELEMS};
 use crate::ops::{BackwardCtx, GradSlot, Op};
 use crate::params::ParamKey;
 use crate::tensor::Tensor;
@@ -305,10 +305,25 @@ impl<F: Real> Tape<F> {
                     .iter()
                     .map(|&j| &nodes[j as usize].value)
                     .collect();
+                let untransposed: SmallVec<[Option<&Tensor<F>>; 4]> = node
+                    .inputs
+                    .iter()
+                    .map(|&j| {
+                        let n = &nodes[j as usize];
+                        match n.op {
+                            Op::Linalg(LinalgOp::Transpose) => {
+                                let src = &nodes[n.inputs[0] as usize];
+                                (!src.released).then_some(&src.value)
+                            }
+                            _ => None,
+                        }
+                    })
+                    .collect();
                 let ctx = BackwardCtx {
                     x: &x,
                     y: &node.value,
                     gy: &gy_t,
+                    untransposed: &untransposed,
                 };
                 let mut defer_to = None;
                 for (k, &j) in node.inputs.iter().enumerate() {
@@ -316,7 +331,10 @@ impl<F: Real> Tape<F> {
                     if !nodes[j].requires_grad {
                         continue;
                     }
-                    if nodes[j].inputs.is_empty() && !inner.anomaly {
+                    // Deferred uses are flushed when the sweep reaches the
+                    // weight (a leaf, or a reordered weight such as Wᵀ),
+                    // before its own rule runs; all its uses come later.
+                    if !inner.anomaly {
                         if let Some(tb) = node.op.deferrable(k, x[0]) {
                             defer_to = Some((j, tb));
                             continue;

@@ -44,6 +44,32 @@ pub fn numel(shape: &[usize]) -> Result<usize> {
 
 /// Allocates `n` elements equal to `value`, with a [`ErrorKind::Size`] error
 /// instead of an abort when the allocation cannot be had.
+/// `dst (=|+=) srcᵀ` for a row-major `rows × cols` source (`dst` is
+/// `cols × rows`), in 32×32 tiles so both sides stay in cache: a weight
+/// transposed once per training step (the recurrent layers' reorder, and
+/// the hand-written reference's) costs a fraction of one GEMM with it.
+pub(crate) fn transpose_into<F: Real>(
+    src: &[F],
+    rows: usize,
+    cols: usize,
+    dst: &mut [F],
+    add: bool,
+) {
+    const TILE: usize = 32;
+    assert!(src.len() == rows * cols && dst.len() == rows * cols);
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                let out = &mut dst[c * rows..(c + 1) * rows];
+                for r in r0..(r0 + TILE).min(rows) {
+                    let v = src[r * cols + c];
+                    out[r] = if add { out[r] + v } else { v };
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn try_alloc<F: Copy>(n: usize, value: F, op: &str) -> Result<Vec<F>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
