@@ -40,6 +40,9 @@
 //!
 //! - [`Tensor`]: dense row-major values of any [`Real`] (`f32`, `f64`).
 //! - [`Tape`], [`Var`], [`Grads`]: recording, handles, the reverse sweep.
+//!   Values no backward rule reads can be released early
+//!   ([`Var::release`], [`Tape::release_unneeded`]); the layers do so, so
+//!   a training step keeps about what hand-written BPTT keeps.
 //! - `ops` (methods on [`Var`]): arithmetic with broadcasting, matmul,
 //!   activations, reductions, reshape/concat/slice/gather, softmax family,
 //!   losses, dropout, select — each op's forward and backward in one place.
@@ -53,6 +56,8 @@
 //! - [`models`]: a character-level LSTM language model ([`models::CharModel`]:
 //!   training, evaluation, sampling) and an encoder–decoder with greedy
 //!   decoding ([`models::Seq2Seq`]).
+//! - [`parallel`]: data-parallel training over batch shards, one tape per
+//!   core, gradients summed ([`DataParallel`]).
 //! - [`gradcheck`]: finite-difference checks of any function of vars.
 //!
 //! ## Error policy

@@ -74,6 +74,9 @@ struct Sizes {
     h: usize,
     o: usize,
     t: usize,
+    /// Steps per hoisted input projection (`None`: the layer's default,
+    /// the whole sequence at these sizes).
+    chunk: Option<usize>,
     seed: u64,
 }
 
@@ -84,14 +87,16 @@ fn sizes() -> impl Strategy<Value = Sizes> {
         1usize..=8,
         2usize..=5,
         1usize..=8,
+        proptest::option::of(1usize..=8),
         any::<u64>(),
     )
-        .prop_map(|(b, i, h, o, t, seed)| Sizes {
+        .prop_map(|(b, i, h, o, t, chunk, seed)| Sizes {
             b,
             i,
             h,
             o,
             t,
+            chunk,
             seed,
         })
 }
@@ -117,7 +122,7 @@ fn rnn_property<F: Real>(s: &Sizes, phi: Nonlinearity) -> Result<(), TestCaseErr
     let ref_loss = reference.run(&p, x.data(), h0.data(), &targets);
     let g = reference.grads();
 
-    let model = TapeModel::rnn(&p, phi);
+    let model = TapeModel::rnn_chunked(&p, phi, s.chunk);
     let tape = Tape::new();
     let xv = tape.var(x.clone());
     let hv = tape.var(h0.clone());
@@ -147,7 +152,7 @@ fn lstm_property<F: Real>(s: &Sizes) -> Result<(), TestCaseError> {
     let ref_loss = reference.run(&p, x.data(), h0.data(), c0.data(), &targets);
     let g = reference.grads();
 
-    let model = TapeModel::lstm(&p);
+    let model = TapeModel::lstm_chunked(&p, s.chunk);
     let tape = Tape::new();
     let xv = tape.var(x.clone());
     let hv = tape.var(h0.clone());
@@ -201,35 +206,36 @@ proptest! {
     }
 }
 
-/// Long sequences: T·B above the layer's projection chunk
-/// (`PROJECTION_ROWS` = 512 rows), so the input projection is hoisted in
-/// several GEMMs whose values are released chunk by chunk; T 513..=700,
-/// B 1..=3, small widths. Same tolerances; 24 cases per property.
+/// Longer sequences, T 20..=200 (B 1..=3, small widths), with the input
+/// projection hoisted 1..=40 steps at a time, so most runs have several
+/// chunks, a short last one, and chunk values released as the steps move
+/// on. Same tolerances; 32 cases per property.
 fn long_sizes() -> impl Strategy<Value = Sizes> {
     (
         1usize..=3,
         1usize..=3,
         1usize..=4,
         2usize..=3,
-        513usize..=700,
+        20usize..=200,
+        1usize..=40,
         any::<u64>(),
     )
-        .prop_map(|(b, i, h, o, t, seed)| Sizes {
+        .prop_map(|(b, i, h, o, t, chunk, seed)| Sizes {
             b,
             i,
             h,
             o,
             t,
+            chunk: Some(chunk),
             seed,
         })
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
     fn long_rnn_with_chunked_projection_equals_reference(s in long_sizes()) {
-        prop_assert!(s.t * s.b > tapegrad::layers::PROJECTION_ROWS);
         rnn_property::<f64>(&s, Nonlinearity::Tanh)?;
     }
 
@@ -242,7 +248,8 @@ proptest! {
 /// A batch and width at which the backward sweep flushes the deferred
 /// W_hh and W_ih gradients early (pending G_t ≥ 2²⁰ elements: B·4H = 16·1024
 /// per step, 64 steps), twice within the sequence: the same gradients as
-/// the reference (f64, ≤ 1e-9).
+/// the reference (f64, ≤ 1e-9). The default projection chunks apply
+/// (2²⁰ projected elements: 64 steps here, so 64 + 64 + 12).
 #[test]
 fn early_flush_of_deferred_weight_gradients_equals_reference() {
     let s = Sizes {
@@ -251,6 +258,7 @@ fn early_flush_of_deferred_weight_gradients_equals_reference() {
         h: 256,
         o: 4,
         t: 140,
+        chunk: None,
         seed: 7,
     };
     lstm_property::<f64>(&s).unwrap();
@@ -329,7 +337,15 @@ proptest! {
     #[test]
     fn lstm_f32_gradients_match_f64_up_to_t20(
         s in (1usize..=4, 1usize..=6, 1usize..=8, 2usize..=5, 1usize..=20, any::<u64>())
-            .prop_map(|(b, i, h, o, t, seed)| Sizes { b, i, h, o, t, seed })
+            .prop_map(|(b, i, h, o, t, seed)| Sizes {
+                b,
+                i,
+                h,
+                o,
+                t,
+                chunk: None,
+                seed,
+            })
     ) {
         lstm_f32_vs_f64(&s)?;
     }
@@ -350,9 +366,9 @@ fn worst_errors_report() {
     );
 }
 
-/// The reverse direction of a bidirectional layer over a sequence longer
-/// than one projection chunk (T = 601, B = 1: chunks of 512 steps, the
-/// reverse pass starting in the short last one) equals a unidirectional
+/// The reverse direction of a bidirectional layer over a sequence of
+/// several projection chunks (T = 601, 64 steps each: the reverse pass
+/// starts in the short last one) equals a unidirectional
 /// layer with the reverse weights run on the time-reversed input, and the
 /// forward direction equals one with the forward weights: outputs and the
 /// gradients of all eight weights of each direction (f64, ≤ 1e-12 relative).
@@ -381,6 +397,7 @@ fn long_bidirectional_lstm_equals_two_unidirectional_runs() {
     for (dir, sfx) in [(0usize, ""), (1, "_reverse")] {
         let mut store = ParamStore::<f64>::new();
         let uni = Lstm::new(&mut store, "uni", RecurrentConfig::new(i, h), 9);
+        assert_eq!(uni.config().projection_chunk, None, "one GEMM on this side");
         for n in names {
             let from = bi_store.key(&format!("bi.{n}{sfx}")).unwrap();
             let to = store.key(&format!("uni.{n}")).unwrap();

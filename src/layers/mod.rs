@@ -25,7 +25,7 @@ pub mod tbptt;
 
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use recurrent::{Gru, Lstm, RecurrentConfig, Rnn, RunOptions, SeqOutput, PROJECTION_ROWS};
+pub use recurrent::{Gru, Lstm, RecurrentConfig, Rnn, RunOptions, SeqOutput, PROJECTION_ELEMS};
 pub use state::{State, StateTensors};
 
 /// The uniform bound PyTorch uses for recurrent and linear layers: 1/√fan.

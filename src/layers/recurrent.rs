@@ -4,7 +4,8 @@
 //!
 //! For each layer and direction the input projection is hoisted out of the
 //! step loop: one GEMM (`x·W_ihᵀ + b`, still two primitives) per chunk of
-//! steps covering about [`PROJECTION_ROWS`] rows of T·B, then the steps
+//! steps holding about [`PROJECTION_ELEMS`] projected values (the whole
+//! sequence, unless it is long and wide), then the steps
 //! slice their rows out of it and run the cell (`cells.rs`). Chunks rather
 //! than all T at once so the projected inputs — four gate blocks per step
 //! for an LSTM, as large as everything BPTT keeps — never live all at
@@ -26,10 +27,13 @@ struct Bound<'t, F: Real> {
     step_b_hh: Option<Var<'t, F>>,
 }
 
-/// Rows (steps × batch) of one hoisted input projection: large enough for
-/// the GEMM to run near its peak, small enough that the projected inputs of
-/// a chunk are a small part of a long sequence's memory.
-pub const PROJECTION_ROWS: usize = 512;
+/// Projected elements (steps × batch × gates·hidden) of one hoisted input
+/// projection by default, 4 MiB in f32: below it (the M and S benchmark
+/// sizes, most sequences) the whole sequence is one GEMM; above it (an
+/// LSTM at B = 64, H = 512: eight steps, 512 rows) the GEMMs are still
+/// large, and the projected inputs of one chunk are a small part of what a
+/// long sequence keeps.
+pub const PROJECTION_ELEMS: usize = 1 << 20;
 
 /// Sizes and options of a recurrent layer, as PyTorch's constructor takes
 /// them.
@@ -56,6 +60,11 @@ pub struct RecurrentConfig {
     /// Dropout probability on the outputs of every layer but the last
     /// (applied only when [`RunOptions::dropout_seed`] is set).
     pub dropout: f64,
+    /// Steps per hoisted input projection; `None` (the default) sizes the
+    /// chunks to about [`PROJECTION_ELEMS`] projected elements. A memory
+    /// knob: fewer steps keep less alive at once, more steps make fewer,
+    /// larger GEMMs. Results agree up to rounding whatever the value.
+    pub projection_chunk: Option<usize>,
 }
 
 impl RecurrentConfig {
@@ -69,6 +78,7 @@ impl RecurrentConfig {
             nonlinearity: Nonlinearity::Tanh,
             bias: true,
             dropout: 0.0,
+            projection_chunk: None,
         }
     }
 
@@ -99,6 +109,19 @@ impl RecurrentConfig {
     /// Dropout between stacked layers.
     pub fn dropout(mut self, p: f64) -> Self {
         self.dropout = p;
+        self
+    }
+
+    /// Steps per hoisted input projection (see
+    /// [`RecurrentConfig::projection_chunk`]; 0 means the default).
+    ///
+    /// ```
+    /// use tapegrad::layers::RecurrentConfig;
+    /// let cfg = RecurrentConfig::new(8, 16).projection_steps(10);
+    /// assert_eq!(cfg.projection_chunk, Some(10));
+    /// ```
+    pub fn projection_steps(mut self, steps: usize) -> Self {
+        self.projection_chunk = (steps > 0).then_some(steps);
         self
     }
 
@@ -438,7 +461,13 @@ impl Recurrent {
                 let zeros = masks.as_ref().map(|_| tape.zeros(&[batch, h]));
                 let mut outs = vec![None; steps];
                 // Chunks of steps in run order, each projected in one GEMM.
-                let per = (PROJECTION_ROWS / batch.max(1)).clamp(1, steps);
+                let per = self
+                    .cfg
+                    .projection_chunk
+                    .unwrap_or_else(|| {
+                        PROJECTION_ELEMS.div_ceil((batch * self.kind.gates() * h).max(1))
+                    })
+                    .clamp(1, steps);
                 let bound = self.bind(tape, store, p, true);
                 let mut chunk = None;
                 let mut t0 = 0;

@@ -41,12 +41,15 @@ fn copy<F: Real>(store: &mut ParamStore<F>, name: &str, t: &Tensor<F>) -> ParamK
 }
 
 impl<F: Real> TapeModel<F> {
-    fn build(cell: Cell, input: usize, hidden: usize, output: usize, w: [&Tensor<F>; 6]) -> Self {
+    fn build(cell: Cell, sizes: [usize; 3], chunk: Option<usize>, w: [&Tensor<F>; 6]) -> Self {
+        let [input, hidden, output] = sizes;
         let mut store = ParamStore::new();
-        let cfg = RecurrentConfig::new(input, hidden).nonlinearity(match cell {
-            Cell::Rnn(phi) => phi,
-            Cell::Lstm => Nonlinearity::Tanh,
-        });
+        let cfg = RecurrentConfig::new(input, hidden)
+            .nonlinearity(match cell {
+                Cell::Rnn(phi) => phi,
+                Cell::Lstm => Nonlinearity::Tanh,
+            })
+            .projection_steps(chunk.unwrap_or(0));
         let (rnn, lstm) = match cell {
             Cell::Rnn(_) => (Some(Rnn::new(&mut store, "rnn", cfg, 0)), None),
             Cell::Lstm => (None, Some(Lstm::new(&mut store, "rnn", cfg, 0))),
@@ -73,26 +76,35 @@ impl<F: Real> TapeModel<F> {
 
     /// The tape twin of a reference RNN.
     pub fn rnn(p: &RnnParams<F>, phi: Nonlinearity) -> Self {
+        Self::rnn_chunked(p, phi, None)
+    }
+
+    /// The same, hoisting the input projection `chunk` steps at a time
+    /// (`None`: the layer's default).
+    pub fn rnn_chunked(p: &RnnParams<F>, phi: Nonlinearity, chunk: Option<usize>) -> Self {
         let (h, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
         let o = p.w_out.shape()[0];
         Self::build(
             Cell::Rnn(phi),
-            i,
-            h,
-            o,
+            [i, h, o],
+            chunk,
             [&p.w_ih, &p.w_hh, &p.b_ih, &p.b_hh, &p.w_out, &p.b_out],
         )
     }
 
     /// The tape twin of a reference LSTM.
     pub fn lstm(p: &LstmParams<F>) -> Self {
+        Self::lstm_chunked(p, None)
+    }
+
+    /// The same, hoisting the input projection `chunk` steps at a time.
+    pub fn lstm_chunked(p: &LstmParams<F>, chunk: Option<usize>) -> Self {
         let (h4, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
         let o = p.w_out.shape()[0];
         Self::build(
             Cell::Lstm,
-            i,
-            h4 / 4,
-            o,
+            [i, h4 / 4, o],
+            chunk,
             [&p.w_ih, &p.w_hh, &p.b_ih, &p.b_hh, &p.w_out, &p.b_out],
         )
     }
@@ -125,7 +137,9 @@ impl<F: Real> TapeModel<F> {
             _ => unreachable!(),
         };
         let logits = self.head.forward(tape, &self.store, out.stacked_rows());
-        logits.cross_entropy(targets, Reduction::Sum)
+        let loss = logits.cross_entropy(targets, Reduction::Sum);
+        logits.release(); // cross-entropy saved its probabilities
+        loss
     }
 
     /// One training step's gradient computation: constants for the data
