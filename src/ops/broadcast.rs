@@ -231,11 +231,13 @@ pub(crate) fn grad<F: Real>(
     df: impl Fn(F, F, F) -> F,
 ) {
     // A zero incoming gradient is a structural zero (see `unary::rule`).
+    // Both sides computed, then a select: no branch, the loops vectorize.
     let df = |g: F, x: F, y: F| {
+        let v = df(g, x, y);
         if g == F::zero() {
             F::zero()
         } else {
-            df(g, x, y)
+            v
         }
     };
     let aa = Access::of(a.1, out_shape);

@@ -169,10 +169,13 @@ impl<F: Real> UnaryOp<F> {
 #[inline]
 fn rule<F: Real>(gy: &[F], x: &[F], y: &[F], slot: GradSlot<'_, F>, f: impl Fn(F, F, F) -> F) {
     slot.put3(gy, x, y, |g, x, y| {
+        // Both sides computed, then a select (no branch): the loop
+        // vectorizes.
+        let v = f(g, x, y);
         if g == F::zero() {
             F::zero()
         } else {
-            f(g, x, y)
+            v
         }
     });
 }
