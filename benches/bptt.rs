@@ -233,6 +233,40 @@ fn tune(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTi
     };
 }
 
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// The tape side on one tape, reset and reused every iteration.
+fn bench_tape_serial(
+    group: &mut Group<'_>,
+    c: &Config,
+    model: &TapeModel<f32>,
+    x: &Tensor<f32>,
+    targets: &[usize],
+) {
+    let mut tape = Tape::new();
+    let shape = [c.t, c.b, c.i];
+    group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
+        bench.iter(|| {
+            let (loss, grads) = model.step(&tape, x.data(), shape, targets);
+            black_box(loss);
+            tape.reset_with(grads);
+        })
+    });
+}
+
+/// The tape side data-parallel: one tape per shard, gradients summed.
+fn bench_tape_sharded(group: &mut Group<'_>, c: &Config, model: &TapeModel<f32>, sh: &Shards) {
+    let mut dp = DataParallel::new(sh.ranges.len());
+    group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
+        bench.iter(|| {
+            let (losses, grads) =
+                dp.step(|k, tape| model.step(tape, sh.xs[k].data(), sh.shape(c, k), &sh.ys[k]));
+            black_box(losses);
+            dp.reset_with(grads);
+        })
+    });
+}
+
 fn rnn_bptt(cr: &mut Criterion) {
     tapegrad::set_num_threads(threads());
     let mut group = cr.benchmark_group("rnn_bptt");
@@ -240,19 +274,9 @@ fn rnn_bptt(cr: &mut Criterion) {
         tune(&mut group, &c);
         let p = RnnParams::<f32>::random(c.i, c.h, c.o, 5);
         let (x, targets) = data(&c);
-        let shape = [c.t, c.b, c.i];
         let model = TapeModel::rnn(&p, Nonlinearity::Tanh);
         if let Some(sh) = Shards::new(&c, &x, &targets) {
-            let mut dp = DataParallel::new(sh.ranges.len());
-            group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
-                bench.iter(|| {
-                    let (losses, grads) = dp.step(|k, tape| {
-                        model.step(tape, sh.xs[k].data(), sh.shape(&c, k), &sh.ys[k])
-                    });
-                    black_box(losses);
-                    dp.reset_with(grads);
-                })
-            });
+            bench_tape_sharded(&mut group, &c, &model, &sh);
             let mut hands: Vec<_> = (sh.ranges.iter())
                 .map(|r| RnnBptt::new(r.len(), c.i, c.h, c.o, c.t, Nonlinearity::Tanh, false))
                 .collect();
@@ -268,14 +292,7 @@ fn rnn_bptt(cr: &mut Criterion) {
             });
             continue;
         }
-        let mut tape = Tape::new();
-        group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
-            bench.iter(|| {
-                let (loss, grads) = model.step(&tape, x.data(), shape, &targets);
-                black_box(loss);
-                tape.reset_with(grads);
-            })
-        });
+        bench_tape_serial(&mut group, &c, &model, &x, &targets);
         let mut hand = RnnBptt::new(c.b, c.i, c.h, c.o, c.t, Nonlinearity::Tanh, false);
         let h0 = vec![0.0f32; c.b * c.h];
         group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
@@ -292,19 +309,9 @@ fn lstm_bptt(cr: &mut Criterion) {
         tune(&mut group, &c);
         let p = LstmParams::<f32>::random(c.i, c.h, c.o, 5);
         let (x, targets) = data(&c);
-        let shape = [c.t, c.b, c.i];
         let model = TapeModel::lstm(&p);
         if let Some(sh) = Shards::new(&c, &x, &targets) {
-            let mut dp = DataParallel::new(sh.ranges.len());
-            group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
-                bench.iter(|| {
-                    let (losses, grads) = dp.step(|k, tape| {
-                        model.step(tape, sh.xs[k].data(), sh.shape(&c, k), &sh.ys[k])
-                    });
-                    black_box(losses);
-                    dp.reset_with(grads);
-                })
-            });
+            bench_tape_sharded(&mut group, &c, &model, &sh);
             let mut hands: Vec<_> = (sh.ranges.iter())
                 .map(|r| LstmBptt::new(r.len(), c.i, c.h, c.o, c.t, false))
                 .collect();
@@ -321,14 +328,7 @@ fn lstm_bptt(cr: &mut Criterion) {
             });
             continue;
         }
-        let mut tape = Tape::new();
-        group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
-            bench.iter(|| {
-                let (loss, grads) = model.step(&tape, x.data(), shape, &targets);
-                black_box(loss);
-                tape.reset_with(grads);
-            })
-        });
+        bench_tape_serial(&mut group, &c, &model, &x, &targets);
         let mut hand = LstmBptt::new(c.b, c.i, c.h, c.o, c.t, false);
         let z = vec![0.0f32; c.b * c.h];
         group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
