@@ -566,9 +566,13 @@ struct VarLenModel {
 impl VarLenModel {
     fn new(kind: Kind, layers: usize, bidirectional: bool, input: usize, hidden: usize) -> Self {
         let mut store = ParamStore::new();
+        // Stacked models hoist their input projection two steps at a time,
+        // so masking is also checked across projection chunks (the reverse
+        // direction starting in a short last chunk).
         let cfg = RecurrentConfig::new(input, hidden)
             .layers(layers)
-            .bidirectional(bidirectional);
+            .bidirectional(bidirectional)
+            .projection_steps(if layers == 2 { 2 } else { 0 });
         let layer = Layer::new(kind, &mut store, cfg, 77);
         let dirs = cfg.directions();
         let head = Linear::new(&mut store, "head", dirs * hidden, CLASSES, true, 78);

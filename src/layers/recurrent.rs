@@ -17,6 +17,7 @@ use super::cells::{CellKind, Weight};
 use super::state::State;
 use super::{derive_seed, init_bound};
 use crate::error::{or_panic, Error, ErrorKind};
+use crate::tensor::gemm::REORDER_MIN_ROWS;
 use crate::{Nonlinearity, ParamKey, ParamStore, Real, Tape, Tensor, Var};
 
 /// One layer-direction's parameters bound on a tape (see `Recurrent::bind`).
@@ -468,7 +469,7 @@ impl Recurrent {
                         PROJECTION_ELEMS.div_ceil((batch * self.kind.gates() * h).max(1))
                     })
                     .clamp(1, steps);
-                let bound = self.bind(tape, store, p, true);
+                let bound = self.bind(tape, store, p, batch >= REORDER_MIN_ROWS);
                 let mut chunk = None;
                 let mut t0 = 0;
                 let order: Box<dyn Iterator<Item = usize>> = if d == 0 {
@@ -582,7 +583,7 @@ impl Recurrent {
         for (l, p) in self.params.iter().enumerate() {
             let _scope = tape.scope(self.scope_name(l, 0));
             // One step: no reorder (it would copy the weights every step).
-            let bound = self.bind(tape, store, p, true);
+            let bound = self.bind(tape, store, p, false);
             let xw = Self::project(&bound, input);
             let c = state.c.as_ref().map(|c| c[l]);
             let (h, c) = self

@@ -200,6 +200,14 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     }
 }
 
+/// Fewest rows of a per-step product `h·Wᵀ` for which reordering W to a
+/// row-major Wᵀ once per sequence pays (the recurrent layers and the
+/// hand-written reference both follow it): with fewer rows the products
+/// are matrix–vector-like, a column-major Wᵀ is read as fast, and the
+/// transposes (two in forward, two in backward per sequence) cost more
+/// than they save — 17% of the B = 1 LSTM step when they were always on.
+pub const REORDER_MIN_ROWS: usize = 8;
+
 /// Whether `matrixmultiply` should take this product: a column-major right
 /// operand (`x·Wᵀ` with W stored [n×k] row-major) with a few rows on the
 /// left, single-threaded. There the `gemm` crate's packing of the right
