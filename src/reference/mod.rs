@@ -116,8 +116,8 @@ mod rnn;
 pub use lstm::{LstmBptt, LstmGrads, LstmParams};
 pub use rnn::{RnnBptt, RnnGrads, RnnParams};
 
-use crate::tensor::gemm::{MatMut, MatRef};
-use crate::tensor::Tensor;
+use crate::tensor::gemm::{MatMut, MatRef, REORDER_MIN_ROWS};
+use crate::tensor::{transpose_into, Tensor};
 use crate::Real;
 
 /// The sizes one BPTT instance is built for.
@@ -297,6 +297,20 @@ fn grads_from_dz<F: Real>(
     F::gemm(MatMut::row_major(out.dw_hh, g, nh), dz.t(), h_prev, false);
     if let Some(dx) = out.dx {
         F::gemm(MatMut::row_major(dx, dz.rows, ni), dz, w_ih, false);
+    }
+}
+
+/// `w` [rows × cols] as the right operand `wᵀ` of the forward products:
+/// reordered row-major into `scratch` once per run when the batch makes
+/// them GEMMs (`b ≥ REORDER_MIN_ROWS`, the tape layers' rule), else read as
+/// a transposed view.
+fn forward_operand<'a, F: Real>(w: &'a Tensor<F>, b: usize, scratch: &'a mut [F]) -> MatRef<'a, F> {
+    let (rows, cols) = (w.shape()[0], w.shape()[1]);
+    if b >= REORDER_MIN_ROWS {
+        transpose_into(w.data(), rows, cols, scratch, false);
+        MatRef::row_major(scratch, cols, rows)
+    } else {
+        MatRef::row_major(w.data(), rows, cols).t()
     }
 }
 

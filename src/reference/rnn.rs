@@ -2,11 +2,11 @@
 //! hand. See the [module docs](super) for the derivation.
 
 use super::{
-    add_into, elems, expect_len, expect_shape, expect_targets, grads_from_dz, init_uniform,
-    softmax_xent_rows, Dims, DzGrads,
+    add_into, elems, expect_len, expect_shape, expect_targets, forward_operand, grads_from_dz,
+    init_uniform, softmax_xent_rows, Dims, DzGrads,
 };
-use crate::tensor::gemm::{MatMut, MatRef, REORDER_MIN_ROWS};
-use crate::tensor::{transpose_into, Tensor};
+use crate::tensor::gemm::{MatMut, MatRef};
+use crate::tensor::Tensor;
 use crate::{Nonlinearity, Real};
 use std::fmt;
 
@@ -281,19 +281,8 @@ impl<F: Real> RnnBptt<F> {
         let phi = *phi;
         let w_ih = MatRef::row_major(p.w_ih.data(), nh, ni);
         let w_hh = MatRef::row_major(p.w_hh.data(), nh, nh);
-        // W_ihᵀ and W_hhᵀ for the forward products: reordered row-major
-        // once per run when the batch makes them GEMMs (the tape layers'
-        // rule, `REORDER_MIN_ROWS`), else read as transposed views.
-        let (w_ih_t, w_hh_t) = if b >= REORDER_MIN_ROWS {
-            transpose_into(p.w_ih.data(), nh, ni, w_ih_t, false);
-            transpose_into(p.w_hh.data(), nh, nh, w_hh_t, false);
-            (
-                MatRef::row_major(w_ih_t, ni, nh),
-                MatRef::row_major(w_hh_t, nh, nh),
-            )
-        } else {
-            (w_ih.t(), w_hh.t())
-        };
+        let w_ih_t = forward_operand(&p.w_ih, b, w_ih_t);
+        let w_hh_t = forward_operand(&p.w_hh, b, w_hh_t);
         let w_out = MatRef::row_major(p.w_out.data(), no, nh);
         let xm = MatRef::row_major(x, rows, ni);
 
