@@ -26,8 +26,21 @@ use crate::Real;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 
-/// Deferred uses of one weight in one orientation: (G_t, node id of A_t).
-type DeferredUses<F> = Vec<(Vec<F>, usize)>;
+/// Deferred uses of one weight in one orientation: (G_t, node id of A_t),
+/// and how many G elements they hold in all.
+struct DeferredUses<F> {
+    items: Vec<(Vec<F>, usize)>,
+    elems: usize,
+}
+
+impl<F> Default for DeferredUses<F> {
+    fn default() -> Self {
+        DeferredUses {
+            items: Vec::new(),
+            elems: 0,
+        }
+    }
+}
 
 /// The gradients from one backward pass, keyed by var and by parameter.
 ///
@@ -242,6 +255,7 @@ fn flush_into<F: Real>(
         slots[w] = Some(pool.take(nodes[w].value.numel(), "backward")?);
     }
     let list: Vec<Deferred<'_, F>> = items
+        .items
         .iter()
         .map(|(g, a)| Deferred {
             gy: g,
@@ -250,7 +264,7 @@ fn flush_into<F: Real>(
         .collect();
     let data = slots[w].as_mut().expect("slot was just filled");
     flush_deferred(tb, &list, GradSlot { data, fresh }, pool)?;
-    for (g, _) in items {
+    for (g, _) in items.items {
         pool.give(g);
     }
     Ok(())
@@ -366,9 +380,10 @@ impl<F: Real> Tape<F> {
                         }
                         deferred_max = deferred_max.max(j);
                         let uses = deferred.entry((j, tb)).or_default();
-                        uses.push((gy, node.inputs[0] as usize));
+                        uses.elems += gy.len();
+                        uses.items.push((gy, node.inputs[0] as usize));
                         // Bound what deferral holds: flush a long list now.
-                        if uses.iter().map(|(g, _)| g.len()).sum::<usize>() >= DEFER_FLUSH_ELEMS {
+                        if uses.elems >= DEFER_FLUSH_ELEMS {
                             let items = deferred.remove(&(j, tb)).expect("just pushed");
                             flush_into(nodes, &mut slots, pool, (j, tb), items)?;
                         }
