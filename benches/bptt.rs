@@ -44,9 +44,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::ops::Range;
 use std::time::Duration;
-use tapegrad::parallel::{shard_columns, shard_ranges, shard_targets, DataParallel};
+use tapegrad::parallel::{run_workers, shard_columns, shard_ranges, shard_targets, DataParallel};
 use tapegrad::reference::{LstmBptt, LstmParams, RnnBptt, RnnParams};
-use tapegrad::tensor::gemm::{limit_threads_here, MatMut, MatRef};
+use tapegrad::tensor::gemm::{MatMut, MatRef};
 use tapegrad::{Nonlinearity, Real, Tape, Tensor};
 
 /// A benchmark configuration.
@@ -133,37 +133,6 @@ impl Shards {
     fn shape(&self, c: &Config, k: usize) -> [usize; 3] {
         [c.t, self.ranges[k].len(), c.i]
     }
-}
-
-/// Runs `f(k, &mut items[k])` for every k at once, the way
-/// `DataParallel::step` runs its workers: item 0 on the calling thread, the
-/// others on scoped threads, each with its GEMMs on one thread.
-fn run_shards<W: Send, R: Send>(items: &mut [W], f: impl Fn(usize, &mut W) -> R + Sync) -> Vec<R> {
-    let f = &f;
-    let (first, rest) = items.split_first_mut().expect("at least one shard");
-    std::thread::scope(|s| {
-        let handles: Vec<_> = rest
-            .iter_mut()
-            .enumerate()
-            .map(|(k, item)| {
-                s.spawn(move || {
-                    let _one = limit_threads_here(1);
-                    f(k + 1, item)
-                })
-            })
-            .collect();
-        let r0 = {
-            let _one = limit_threads_here(1);
-            f(0, first)
-        };
-        let mut out = vec![r0];
-        out.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("shard panicked")),
-        );
-        out
-    })
 }
 
 /// `out[p] = Σ_k parts[k][p]`, element by element: the hand side's gradient
@@ -283,7 +252,7 @@ fn rnn_bptt(cr: &mut Criterion) {
             let mut sum = zeros_like(&grad_parts(&hands)[0]);
             group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
                 bench.iter(|| {
-                    let losses = run_shards(&mut hands, |k, hand| {
+                    let losses = run_workers(&mut hands, |k, hand| {
                         hand.run(&p, sh.xs[k].data(), &sh.zeros[k], &sh.ys[k])
                     });
                     sum_into(&mut sum, &grad_parts(&hands));
@@ -318,7 +287,7 @@ fn lstm_bptt(cr: &mut Criterion) {
             let mut sum = zeros_like(&grad_parts(&hands)[0]);
             group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
                 bench.iter(|| {
-                    let losses = run_shards(&mut hands, |k, hand| {
+                    let losses = run_workers(&mut hands, |k, hand| {
                         let z = &sh.zeros[k];
                         hand.run(&p, sh.xs[k].data(), z, z, &sh.ys[k])
                     });

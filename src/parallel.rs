@@ -214,47 +214,11 @@ impl<F: Real> DataParallel<F> {
                 tape.reset();
             }
         }
-        let (first, rest) = self
-            .tapes
-            .split_first_mut()
-            .expect("a DataParallel has at least one worker");
-        let (r0, mut g0, others) = if rest.is_empty() {
-            let (r0, g0) = f(0, first);
-            (r0, g0, Vec::new())
-        } else {
-            let f = &f;
-            std::thread::scope(|s| {
-                let handles: Vec<_> = rest
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(k, tape)| {
-                        // `&mut Tape` is `Send` (a tape is not `Sync`).
-                        s.spawn(move || {
-                            let _one = limit_threads_here(1);
-                            f(k + 1, &*tape)
-                        })
-                    })
-                    .collect();
-                // If worker 0 panics, `scope` joins the others and then
-                // resumes worker 0's panic.
-                let (r0, g0) = {
-                    let _one = limit_threads_here(1);
-                    f(0, first)
-                };
-                let mut others = Vec::with_capacity(handles.len());
-                for h in handles {
-                    match h.join() {
-                        Ok(out) => others.push(out),
-                        // Re-raise with the worker's own payload (message).
-                        Err(payload) => std::panic::resume_unwind(payload),
-                    }
-                }
-                (r0, g0, others)
-            })
-        };
+        let mut outs = run_workers(&mut self.tapes, |k, tape| f(k, &*tape)).into_iter();
+        let (r0, mut g0) = outs.next().expect("a DataParallel has at least one worker");
         let mut results = Vec::with_capacity(self.tapes.len());
         results.push(r0);
-        for ((r, g), tape) in others.into_iter().zip(self.tapes[1..].iter_mut()) {
+        for ((r, g), tape) in outs.zip(self.tapes[1..].iter_mut()) {
             g0.accumulate_params(&g);
             tape.reset_with(g);
             results.push(r);
@@ -276,6 +240,70 @@ impl<F: Real> DataParallel<F> {
     pub fn reset_with(&mut self, grads: Grads<F>) {
         self.tapes[0].reset_with(grads);
     }
+}
+
+/// Runs `f(k, &mut items[k])` for every item, item 0 on the calling thread
+/// and the others on scoped threads, and returns the results in order: the
+/// thread plumbing of [`DataParallel::step`], for any per-worker state (the
+/// benchmark runs its hand-written BPTT shards with it).
+///
+/// With two or more items each call's GEMMs run on one thread
+/// ([`limit_threads_here`]); with one, `f` runs as a plain call.
+///
+/// # Panics
+/// If `f` panics for any item, after all have finished, with that call's
+/// own payload (item 0's first, then the lowest failing index).
+///
+/// ```
+/// let mut sums = [0u64, 0, 0];
+/// let out = tapegrad::parallel::run_workers(&mut sums, |k, s| {
+///     *s = (0..=k as u64 * 10).sum();
+///     k * 2
+/// });
+/// assert_eq!(out, vec![0, 2, 4]);
+/// assert_eq!(sums, [0, 55, 210]);
+/// ```
+pub fn run_workers<W, R, G>(items: &mut [W], f: G) -> Vec<R>
+where
+    W: Send,
+    R: Send,
+    G: Fn(usize, &mut W) -> R + Sync,
+{
+    let Some((first, rest)) = items.split_first_mut() else {
+        return Vec::new();
+    };
+    if rest.is_empty() {
+        return vec![f(0, first)];
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = rest
+            .iter_mut()
+            .enumerate()
+            .map(|(k, item)| {
+                s.spawn(move || {
+                    let _one = limit_threads_here(1);
+                    f(k + 1, item)
+                })
+            })
+            .collect();
+        // If item 0 panics, `scope` joins the others and then resumes its
+        // panic.
+        let r0 = {
+            let _one = limit_threads_here(1);
+            f(0, first)
+        };
+        let mut out = Vec::with_capacity(handles.len() + 1);
+        out.push(r0);
+        for h in handles {
+            match h.join() {
+                Ok(r) => out.push(r),
+                // Re-raise with the worker's own payload (message).
+                Err(payload) => std::panic::resume_unwind(payload),
+            }
+        }
+        out
+    })
 }
 
 /// Cuts a batch of `batch` sequences into at most `workers` contiguous,
