@@ -29,7 +29,7 @@
 //!   `tapegrad::parallel::DataParallel` (one tape per worker, reused across
 //!   steps; `Grads::accumulate_params`); the hand side runs one
 //!   `RnnBptt`/`LstmBptt` per shard, built for that shard's batch size, the
-//!   same way ([`run_shards`]) and sums their gradients into one set
+//!   same way (`tapegrad::parallel::run_workers`) and sums their gradients into one set
 //!   ([`sum_into`]). Both losses are sums over the batch, so either side's
 //!   summed gradients are its full-batch gradients.
 //!
