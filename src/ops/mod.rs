@@ -63,7 +63,8 @@ pub(crate) struct BackwardCtx<'a, F> {
     /// For an input that is the output of a 2-D `transpose`, the
     /// transpose's own (unreleased) input: that input's transpose, already
     /// row-major. A product with a weight reordered as Wᵀ reads W here for
-    /// its G·W, sparing a column-major operand (see `linalg.rs`).
+    /// its G·W, sparing a column-major operand (see `linalg.rs`). Filled for
+    /// products only; empty for every other op.
     pub(crate) untransposed: &'a [Option<&'a Tensor<F>>],
 }
 

@@ -319,9 +319,12 @@ impl<F: Real> Tape<F> {
                     .iter()
                     .map(|&j| &nodes[j as usize].value)
                     .collect();
+                // Only products read it (see `BackwardCtx::untransposed`).
+                let products = matches!(node.op, Op::Linalg(LinalgOp::Matmul { .. }));
                 let untransposed: SmallVec<[Option<&Tensor<F>>; 4]> = node
                     .inputs
                     .iter()
+                    .filter(|_| products)
                     .map(|&j| {
                         let n = &nodes[j as usize];
                         match n.op {
