@@ -2,12 +2,15 @@
 //!
 //! Everything in tapegrad is generic over `F: Real`. `Real` is
 //! `num_traits::Float` plus the few things a tape needs (printing, thread
-//! safety, conversion from `f64`) and one hook, [`Real::gemm`], so that `f32`
-//! and `f64` run the optimised kernels of the `gemm` crate while any other
-//! `Float` type gets a plain, correct triple loop by implementing `Real` with
-//! an empty body.
+//! safety, conversion from `f64`) and a few hooks with generic defaults:
+//! [`Real::gemm`], so that `f32` and `f64` run the optimised kernels of the
+//! `gemm` crate, and the slice kernels [`Real::tanh_in_place`],
+//! [`Real::sigmoid_in_place`], [`Real::exp_in_place`], which `f32` runs
+//! through SIMD (`tensor::vecmath`). Any other `Float` type gets plain,
+//! correct loops by implementing `Real` with an empty body.
 
 use crate::tensor::gemm::{self, MatMut, MatRef};
+use crate::tensor::vecmath;
 use num_traits::{Float, FromPrimitive, ToPrimitive};
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
@@ -36,6 +39,47 @@ pub trait Real:
         gemm::naive(c, a, b, accumulate)
     }
 
+    /// `x ← tanh x` for every element of `xs`. The default is the scalar
+    /// loop; `f32` overrides it with a SIMD kernel (≤ 3 ULP, see
+    /// `tensor::vecmath`).
+    ///
+    /// ```
+    /// use tapegrad::Real;
+    /// let mut v = [0.0f32, 20.0, -20.0];
+    /// f32::tanh_in_place(&mut v);
+    /// assert_eq!(v, [0.0, 1.0, -1.0]);
+    /// ```
+    fn tanh_in_place(xs: &mut [Self]) {
+        vecmath::tanh(xs)
+    }
+
+    /// `x ← σ(x) = 1/(1 + e^(−x))` for every element of `xs`. The default is
+    /// the scalar loop, stable for any finite x; `f32` overrides it with a
+    /// SIMD kernel (≤ 4 ULP).
+    ///
+    /// ```
+    /// use tapegrad::Real;
+    /// let mut v = [0.0f64, 1000.0, -1000.0];
+    /// f64::sigmoid_in_place(&mut v);
+    /// assert_eq!(v, [0.5, 1.0, 0.0]);
+    /// ```
+    fn sigmoid_in_place(xs: &mut [Self]) {
+        vecmath::sigmoid(xs)
+    }
+
+    /// `x ← eˣ` for every element of `xs`. The default is the scalar loop;
+    /// `f32` overrides it with a SIMD kernel (≤ 1 ULP).
+    ///
+    /// ```
+    /// use tapegrad::Real;
+    /// let mut v = [0.0f32, f32::NEG_INFINITY];
+    /// f32::exp_in_place(&mut v);
+    /// assert_eq!(v, [1.0, 0.0]);
+    /// ```
+    fn exp_in_place(xs: &mut [Self]) {
+        vecmath::exp(xs)
+    }
+
     /// Converts from `f64` (rounding for narrower types).
     fn of(x: f64) -> Self {
         Self::from_f64(x).expect("Real::of: value not representable")
@@ -51,6 +95,15 @@ impl Real for f32 {
     const NAME: &'static str = "f32";
     fn gemm(c: MatMut<'_, Self>, a: MatRef<'_, Self>, b: MatRef<'_, Self>, accumulate: bool) {
         gemm::fast_f32(c, a, b, accumulate)
+    }
+    fn tanh_in_place(xs: &mut [Self]) {
+        vecmath::tanh_f32(xs)
+    }
+    fn sigmoid_in_place(xs: &mut [Self]) {
+        vecmath::sigmoid_f32(xs)
+    }
+    fn exp_in_place(xs: &mut [Self]) {
+        vecmath::exp_f32(xs)
     }
 }
 

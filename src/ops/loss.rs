@@ -77,11 +77,11 @@ fn softmax_rows<F: Real>(x: &[F], cols: usize, out: &mut [F], mut lse: impl FnMu
         .enumerate()
     {
         let m = xr.iter().copied().fold(F::neg_infinity(), F::max);
-        let mut s = F::zero();
         for (o, &v) in or.iter_mut().zip(xr) {
-            *o = (v - m).exp();
-            s = s + *o;
+            *o = v - m;
         }
+        F::exp_in_place(or);
+        let s = or.iter().fold(F::zero(), |s, &v| s + v);
         let inv = F::one() / s;
         or.iter_mut().for_each(|o| *o = *o * inv);
         lse(r, m + s.ln());

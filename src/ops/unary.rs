@@ -106,10 +106,21 @@ impl<F: Real> UnaryOp<F> {
         let zero = F::zero();
         match self {
             UnaryOp::Affine { mul, add } => map1(out, x, |x| mul * x + add),
-            UnaryOp::Tanh => map1(out, x, |x| x.tanh()),
-            UnaryOp::Sigmoid => map1(out, x, sigmoid),
+            // The transcendental ones run the slice kernels of
+            // `tensor::vecmath` (SIMD for f32), in place on a copy.
+            UnaryOp::Tanh => {
+                out.copy_from_slice(x);
+                F::tanh_in_place(out)
+            }
+            UnaryOp::Sigmoid => {
+                out.copy_from_slice(x);
+                F::sigmoid_in_place(out)
+            }
             UnaryOp::Relu => map1(out, x, |x| if x > zero { x } else { zero }),
-            UnaryOp::Exp => map1(out, x, |x| x.exp()),
+            UnaryOp::Exp => {
+                out.copy_from_slice(x);
+                F::exp_in_place(out)
+            }
             UnaryOp::Log => map1(out, x, |x| x.ln()),
             UnaryOp::Sqrt => map1(out, x, |x| x.sqrt()),
             UnaryOp::Powf(p) => map1(out, x, |x| x.powf(p)),
@@ -178,17 +189,6 @@ fn rule<F: Real>(gy: &[F], x: &[F], y: &[F], slot: GradSlot<'_, F>, f: impl Fn(F
             v
         }
     });
-}
-
-/// The logistic function, computed without overflow for any finite input.
-#[inline]
-pub(crate) fn sigmoid<F: Real>(x: F) -> F {
-    if x >= F::zero() {
-        F::one() / (F::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (F::one() + e)
-    }
 }
 
 impl<'t, F: Real> Var<'t, F> {

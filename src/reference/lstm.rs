@@ -3,7 +3,7 @@
 
 use super::{
     add_into, elems, expect_len, expect_shape, expect_targets, forward_operand, grads_from_dz,
-    init_uniform, sigmoid, softmax_xent_rows, Dims, DzGrads,
+    init_uniform, softmax_xent_rows, Dims, DzGrads,
 };
 use crate::tensor::gemm::{MatMut, MatRef};
 use crate::tensor::Tensor;
@@ -463,9 +463,6 @@ fn lstm_cell_forward<F: Real>(
     h: &mut [F],
 ) {
     let nh = bias.len() / 4;
-    let (bi, rest) = bias.split_at(nh);
-    let (bf, rest) = rest.split_at(nh);
-    let (bg, bo) = rest.split_at(nh);
     let rows = z
         .chunks_exact_mut(4 * nh)
         .zip(c_prev.chunks_exact(nh))
@@ -473,23 +470,24 @@ fn lstm_cell_forward<F: Real>(
         .zip(tc.chunks_exact_mut(nh))
         .zip(h.chunks_exact_mut(nh));
     for ((((zr, cp), cr), tr), hr) in rows {
-        let (zi, rest) = zr.split_at_mut(nh);
-        let (zf, rest) = rest.split_at_mut(nh);
+        for (v, &c) in zr.iter_mut().zip(bias) {
+            *v = *v + c;
+        }
+        // The tape's activation kernels (SIMD for f32), one call per block.
+        let (zif, rest) = zr.split_at_mut(2 * nh);
         let (zg, zo) = rest.split_at_mut(nh);
+        F::sigmoid_in_place(zif);
+        F::tanh_in_place(zg);
+        F::sigmoid_in_place(zo);
+        let (zi, zf) = zif.split_at(nh);
         for j in 0..nh {
-            let i = sigmoid(zi[j] + bi[j]);
-            let f = sigmoid(zf[j] + bf[j]);
-            let g = (zg[j] + bg[j]).tanh();
-            let o = sigmoid(zo[j] + bo[j]);
-            zi[j] = i;
-            zf[j] = f;
-            zg[j] = g;
-            zo[j] = o;
-            let cn = f * cp[j] + i * g;
-            let t = cn.tanh();
+            let cn = zf[j] * cp[j] + zi[j] * zg[j];
             cr[j] = cn;
-            tr[j] = t;
-            hr[j] = o * t;
+            tr[j] = cn;
+        }
+        F::tanh_in_place(tr);
+        for ((hv, &o), &t) in hr.iter_mut().zip(zo.iter()).zip(tr.iter()) {
+            *hv = o * t;
         }
     }
 }

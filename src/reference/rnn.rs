@@ -421,9 +421,11 @@ fn activate<F: Real>(phi: Nonlinearity, a: &mut [F], bias: &[F]) {
         Nonlinearity::Tanh => {
             for row in a.chunks_exact_mut(n) {
                 for (v, &c) in row.iter_mut().zip(bias) {
-                    *v = (*v + c).tanh();
+                    *v = *v + c;
                 }
             }
+            // The tape's tanh kernel (SIMD for f32), over the whole block.
+            F::tanh_in_place(a);
         }
         Nonlinearity::Relu => {
             for row in a.chunks_exact_mut(n) {

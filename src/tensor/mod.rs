@@ -10,6 +10,7 @@ pub mod gemm;
 #[cfg(feature = "ndarray")]
 mod ndarray_conv;
 mod random;
+pub mod vecmath;
 
 pub use random::{rng, SeededRng};
 
