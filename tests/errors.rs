@@ -125,6 +125,29 @@ fn matmul_inner_dimension_mismatch_names_both_shapes() {
 }
 
 #[test]
+fn addmm_addend_of_the_wrong_shape_names_what_it_must_be() {
+    let tape = Tape::<f64>::new();
+    let a = tape.var(t(&[2, 3]));
+    let b = tape.var(t(&[3, 4]));
+    // Neither [2, 4] nor a bias row [4].
+    let c = tape.var(t(&[3, 4]));
+    let msg = panic_message(|| c.addmm(a, b));
+    assert_mentions(&msg, &["addmm", "[3, 4]", "[2, 4]", "bias row [4]"]);
+    let row = tape.var(t(&[5]));
+    let msg = panic_message(|| row.addmm(a, b));
+    assert_mentions(&msg, &["addmm", "[5]", "bias row [4]"]);
+    // A window past the end of c: rows 2..4 of a [3, 4] matrix.
+    let msg = panic_message(|| c.addmm_rows(2, a, b));
+    assert_mentions(&msg, &["addmm", "[3, 4]", "rows 2..4"]);
+    // The window fits, the columns do not.
+    let wide = tape.var(t(&[6, 5]));
+    let msg = panic_message(|| wide.addmm_rows(1, a, b));
+    assert_mentions(&msg, &["addmm", "[6, 5]", "rows 1..3", "[R, 4]"]);
+    // And the same windows that fit are accepted.
+    assert_eq!(c.addmm_rows(1, a, b).shape().as_slice(), &[2, 4]);
+}
+
+#[test]
 fn matmul_of_non_2d_operands() {
     let tape = Tape::<f64>::new();
     let a = tape.var(t(&[2, 3]));

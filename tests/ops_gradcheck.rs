@@ -72,6 +72,8 @@ enum OpSpec {
     TMatmul,
     Addmm,
     AddmmT,
+    /// Rows `start..start+m` of c [R×n] plus a·b (or a·bᵀ when true).
+    AddmmRows(usize, bool),
     MatmulBatched,
     Transpose,
     Tanh,
@@ -153,6 +155,8 @@ impl OpSpec {
             OpSpec::TMatmul => x[0].t_matmul(x[1]),
             OpSpec::Addmm => x[2].addmm(x[0], x[1]),
             OpSpec::AddmmT => x[2].addmm_t(x[0], x[1]),
+            OpSpec::AddmmRows(start, false) => x[2].addmm_rows(*start, x[0], x[1]),
+            OpSpec::AddmmRows(start, true) => x[2].addmm_rows_t(*start, x[0], x[1]),
             OpSpec::MatmulBatched => x[0].matmul_t(x[1]),
             OpSpec::Transpose => x[0].transpose(),
             OpSpec::Tanh => x[0].tanh(),
@@ -571,6 +575,34 @@ properties! {
     // c + a·b and c + a·bᵀ (inputs: a, b, c).
     addmm => product(OpSpec::Addmm, |m, k, n| [vec![m, k], vec![k, n], vec![m, n]]);
     addmm_t => product(OpSpec::AddmmT, |m, k, n| [vec![m, k], vec![n, k], vec![m, n]]);
+    // A bias row [n] broadcast over the rows (x·W + b, x·Wᵀ + b).
+    addmm_bias => product(OpSpec::Addmm, |m, k, n| [vec![m, k], vec![k, n], vec![n]]);
+    addmm_t_bias => product(OpSpec::AddmmT, |m, k, n| [vec![m, k], vec![n, k], vec![n]]);
+    // A window of c's rows: c has 0..=3 rows before and after the window.
+    addmm_rows => addmm_rows();
+}
+
+/// `c[start..start+m] + a·b` / `+ a·bᵀ` with c [start + m + after, n].
+fn addmm_rows() -> BoxedStrategy<Case> {
+    cases(
+        (
+            1usize..=4,
+            1usize..=4,
+            1usize..=4,
+            0usize..=3,
+            0usize..=3,
+            any::<bool>(),
+        )
+            .prop_flat_map(|(m, k, n, start, after, tb)| {
+                let b = if tb { vec![n, k] } else { vec![k, n] };
+                let shapes = vec![vec![m, k], b, vec![start + m + after, n]];
+                tensors(shapes, uniform(-2.0, 2.0))
+                    .prop_map(move |x| (OpSpec::AddmmRows(start, tb), x))
+            }),
+    )
+}
+
+properties! {
     // A rank-3 left operand [T, B, k] read as [T·B, k].
     matmul_batched => product(OpSpec::MatmulBatched, |m, k, n| [vec![2, m, k], vec![n, k]]);
     transpose => unary(OpSpec::Transpose, 2..=2, uniform(-2.0, 2.0));

@@ -1,9 +1,10 @@
 //! One time step of each recurrent cell, written as tape primitives.
 //!
 //! The input projection `xw = x(t)·W_ihᵀ + b_ih (+ b_hh)` arrives
-//! precomputed (the layer does it for all T steps in one GEMM); a step adds
-//! the recurrent projection and applies the gates. With PyTorch's gate
-//! order:
+//! precomputed (the layer does it for a chunk of steps in one GEMM), as a
+//! window of rows of that chunk ([`Projected`]); a step adds the recurrent
+//! projection onto its window (`addmm_rows`: no slice copy) and applies the
+//! gates. With PyTorch's gate order:
 //!
 //! ```text
 //! RNN   h = φ(xw + h₋·W_hhᵀ)                                   (b_hh folded into xw)
@@ -19,7 +20,7 @@
 //! error says `lstm.l0/t=3/forget_gate`.
 //!
 //! Memory: a step releases ([`Var::release`]) the values no backward rule
-//! reads — the projected input, the pre-activations and their gate slices,
+//! reads — the pre-activations and their gate slices,
 //! the partial sums `f⊙c₋` and `i⊙g` — as soon as their consumers are
 //! recorded, so what stays on the tape per LSTM step is i, f, g, o, c,
 //! tanh c and h: the activations hand-written BPTT keeps.
@@ -46,11 +47,40 @@ impl<'t, F: Real> Weight<'t, F> {
         }
     }
 
-    /// `c + x·Wᵀ` in one GEMM.
+    /// `c + x·Wᵀ` in one GEMM (c [m×n], or a bias row [n]).
     pub(crate) fn times_onto(self, c: Var<'t, F>, x: Var<'t, F>) -> Var<'t, F> {
         match self {
             Weight::Stored(w) => c.addmm_t(x, w),
             Weight::Transposed(wt) => c.addmm(x, wt),
+        }
+    }
+
+    /// `xw + x·Wᵀ` in one GEMM, reading the window `xw` in place.
+    fn times_onto_rows(self, xw: Projected<'t, F>, x: Var<'t, F>) -> Var<'t, F> {
+        match self {
+            Weight::Stored(w) => xw.chunk.addmm_rows_t(xw.start, x, w),
+            Weight::Transposed(wt) => xw.chunk.addmm_rows(xw.start, x, wt),
+        }
+    }
+}
+
+/// A step's projected input: rows `start..start + rows` of `chunk`, the
+/// input projection of a chunk of steps ([T_c·B × G·H]). The caller keeps
+/// and releases the chunk.
+#[derive(Clone, Copy)]
+pub(crate) struct Projected<'t, F: Real> {
+    pub(crate) chunk: Var<'t, F>,
+    pub(crate) start: usize,
+    pub(crate) rows: usize,
+}
+
+impl<'t, F: Real> Projected<'t, F> {
+    /// The window as a var of its own (a copy, unless it is the whole chunk).
+    fn to_var(self) -> Var<'t, F> {
+        if self.start == 0 && self.rows == self.chunk.shape()[0] {
+            self.chunk
+        } else {
+            self.chunk.slice(0, self.start, self.rows)
         }
     }
 }
@@ -95,17 +125,16 @@ impl CellKind {
     /// previous state, W_hh and (GRU only) b_hh.
     pub(crate) fn step<'t, F: Real>(
         self,
-        xw: Var<'t, F>,
+        xw: Projected<'t, F>,
         h: Var<'t, F>,
         c: Option<Var<'t, F>>,
         w_hh: Weight<'t, F>,
         b_hh: Option<Var<'t, F>>,
     ) -> (Var<'t, F>, Option<Var<'t, F>>) {
-        let tape = xw.tape();
+        let tape = h.tape();
         match self {
             CellKind::Rnn(phi) => {
-                let a = w_hh.times_onto(xw, h);
-                xw.release();
+                let a = w_hh.times_onto_rows(xw, h);
                 let h = match phi {
                     Nonlinearity::Tanh => a.tanh(),
                     Nonlinearity::Relu => a.relu(),
@@ -117,9 +146,8 @@ impl CellKind {
                 let c_prev = c.expect("an LSTM step needs a cell state");
                 let z = {
                     let _s = tape.scope("gates");
-                    w_hh.times_onto(xw, h)
+                    w_hh.times_onto_rows(xw, h)
                 };
-                xw.release();
                 let parts = z.split(1, 4);
                 z.release();
                 let i = gate(parts[0], "input_gate", Var::sigmoid);
@@ -153,8 +181,11 @@ impl CellKind {
                         None => hw,
                     }
                 };
-                let x = xw.split(1, 3);
-                xw.release();
+                let xw_t = xw.to_var();
+                let x = xw_t.split(1, 3);
+                if xw_t.id() != xw.chunk.id() {
+                    xw_t.release();
+                }
                 let hh = hw.split(1, 3);
                 hw.release();
                 let r = gate(x[0] + hh[0], "reset_gate", Var::sigmoid);

@@ -70,14 +70,11 @@ impl Linear {
         store: &ParamStore<F>,
         x: Var<'t, F>,
     ) -> Var<'t, F> {
-        let y = x.matmul_t(tape.param(store, self.weight));
+        let w = tape.param(store, self.weight);
         match self.bias {
-            Some(b) => {
-                let out = y + tape.param(store, b);
-                y.release(); // the sum's backward does not read x·Wᵀ
-                out
-            }
-            None => y,
+            // b + x·Wᵀ in one addmm, the bias row broadcast over the rows.
+            Some(b) => tape.param(store, b).addmm_t(x, w),
+            None => x.matmul_t(w),
         }
     }
 }

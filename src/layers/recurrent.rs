@@ -13,7 +13,7 @@
 //! shorter sequences keep the state unchanged through `select`, so they
 //! change neither the final state nor any gradient.
 
-use super::cells::{CellKind, Weight};
+use super::cells::{CellKind, Projected, Weight};
 use super::state::State;
 use super::{derive_seed, init_bound};
 use crate::error::{or_panic, Error, ErrorKind};
@@ -371,14 +371,10 @@ impl Recurrent {
 
     /// `xw = x·W_ihᵀ + b` for a [rows × I] (or [T × B × I]) input.
     fn project<'t, F: Real>(bound: &Bound<'t, F>, x: Var<'t, F>) -> Var<'t, F> {
-        let xw = bound.w_ih.times(x);
         match bound.bias {
-            Some(b) => {
-                let biased = Var::add(xw, b);
-                xw.release(); // the sum's backward does not read it
-                biased
-            }
-            None => xw,
+            // One addmm with the bias row broadcast: no separate add pass.
+            Some(b) => bound.w_ih.times_onto(b, x),
+            None => bound.w_ih.times(x),
         }
     }
 
@@ -494,7 +490,11 @@ impl Recurrent {
                     }
                     let xw = chunk.expect("projected above");
                     let _t = tape.scope_at("t", t);
-                    let xw_t = xw.slice(0, (t - t0) * batch, batch);
+                    let xw_t = Projected {
+                        chunk: xw,
+                        start: (t - t0) * batch,
+                        rows: batch,
+                    };
                     let (h_new, c_new) = self.kind.step(xw_t, hs, cs, bound.w_hh, bound.step_b_hh);
                     match (&masks, zeros) {
                         (Some(m), Some(z)) => {
@@ -586,9 +586,16 @@ impl Recurrent {
             let bound = self.bind(tape, store, p, false);
             let xw = Self::project(&bound, input);
             let c = state.c.as_ref().map(|c| c[l]);
+            let rows = xw.shape()[0];
+            let window = Projected {
+                chunk: xw,
+                start: 0,
+                rows,
+            };
             let (h, c) = self
                 .kind
-                .step(xw, state.h[l], c, bound.w_hh, bound.step_b_hh);
+                .step(window, state.h[l], c, bound.w_hh, bound.step_b_hh);
+            xw.release(); // no backward rule reads it
             out.h.push(h);
             if let (Some(list), Some(c)) = (out.c.as_mut(), c) {
                 list.push(c);

@@ -11,6 +11,13 @@
 //!
 //! and a transposed operand receives the transpose of its rule:
 //! ∂L/∂a = B·Gᵀ when a holds Aᵀ, ∂L/∂b = Gᵀ·A when b holds Bᵀ.
+//!
+//! `addmm` adds a third operand c, read in one of two ways ([`Addend`]):
+//! as rows `start..start+m` of an [R×n] matrix (R = m for the plain
+//! `c + a·b`; a row window is how a recurrent step reads its rows of the
+//! hoisted input projection, with no slice copy), or as a bias row [n]
+//! broadcast over the m rows. ∂L/∂c is G added into the window, or G's
+//! column sums.
 
 use super::{BackwardCtx, GradSlot, Op};
 use crate::error::{Error, Result};
@@ -19,12 +26,25 @@ use crate::tensor::{transpose_into, Shape, Tensor};
 use crate::{Real, Var};
 use smallvec::SmallVec;
 
+/// How `addmm` reads its addend c (the third input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Addend {
+    /// No addend: a plain product.
+    None,
+    /// c is [m×n].
+    Full,
+    /// Rows `start..start+m` of c [R×n] (`addmm_rows`).
+    Rows { start: usize },
+    /// c is a row [n], added to every row of the product.
+    Bias,
+}
+
 /// A linear-algebra op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LinalgOp {
     /// `y = op(a)·op(b) (+ c)` where op transposes when the flag is set and
-    /// `c` (a third input, same shape as y) is added when `add` (`addmm`).
-    Matmul { ta: bool, tb: bool, add: bool },
+    /// `c` (a third input) is added as `add` says (`addmm`).
+    Matmul { ta: bool, tb: bool, add: Addend },
     /// `y = aᵀ` (2-D); ∂L/∂a = Gᵀ.
     Transpose,
 }
@@ -68,7 +88,8 @@ impl LinalgOp {
                     "addmm(aᵀ)",
                     "addmm(aᵀ, bᵀ)",
                 ];
-                NAMES[(*add as usize) * 4 + (*ta as usize) * 2 + (*tb as usize)]
+                let add = *add != Addend::None;
+                NAMES[(add as usize) * 4 + (*ta as usize) * 2 + (*tb as usize)]
             }
             LinalgOp::Transpose => "transpose",
         }
@@ -82,9 +103,31 @@ impl LinalgOp {
     ) {
         let acc = !slot.fresh;
         match *self {
-            LinalgOp::Matmul { add: true, .. } if k == 2 => {
-                // ∂L/∂c = G.
-                slot.put_slice(c.gy.data());
+            LinalgOp::Matmul { add, .. } if k == 2 => {
+                let gy = c.gy.data();
+                match add {
+                    // ∂L/∂c = G: the whole of c, or added into its window.
+                    Addend::Full => slot.put_slice(gy),
+                    Addend::Rows { start } => {
+                        let d = slot.for_adding();
+                        let at = start * (gy.len() / c.gy.shape()[0].max(1));
+                        for (d, &g) in d[at..at + gy.len()].iter_mut().zip(gy) {
+                            *d = *d + g;
+                        }
+                    }
+                    // ∂L/∂c = Σ_rows G.
+                    Addend::Bias => {
+                        let d = slot.for_adding();
+                        if !d.is_empty() {
+                            for row in gy.chunks_exact(d.len()) {
+                                for (d, &g) in d.iter_mut().zip(row) {
+                                    *d = *d + g;
+                                }
+                            }
+                        }
+                    }
+                    Addend::None => unreachable!("a product has two inputs"),
+                }
             }
             LinalgOp::Matmul { ta, tb, .. } => {
                 let a = view(c.x[0], ta);
@@ -234,14 +277,31 @@ fn check_operands<F: Real>(op: LinalgOp, x: &[&Tensor<F>]) -> Result<(usize, usi
             ),
         ));
     }
-    if add && x[2].shape() != [av.rows, bv.cols] {
+    let (m, n) = (av.rows, bv.cols);
+    let addend_ok = match add {
+        Addend::None => true,
+        Addend::Full => x[2].shape() == [m, n],
+        Addend::Bias => x[2].shape() == [n],
+        Addend::Rows { start } => {
+            let c = x[2].shape();
+            c.len() == 2 && c[1] == n && start.checked_add(m).is_some_and(|end| end <= c[0])
+        }
+    };
+    if !addend_ok {
+        let want = match add {
+            Addend::Rows { start } => {
+                format!(
+                    "rows {start}..{} of an [R, {n}] matrix",
+                    start.saturating_add(m)
+                )
+            }
+            _ => format!("[{m}, {n}] or a bias row [{n}]"),
+        };
         return Err(Error::shape(
             op.name(),
             format!(
-                "the addend has shape {:?}, the product [{}, {}]",
+                "the addend has shape {:?}; the product is [{m}, {n}], so it must be {want}",
                 x[2].shape(),
-                av.rows,
-                bv.cols
             ),
         ));
     }
@@ -253,15 +313,19 @@ impl<'t, F: Real> Var<'t, F> {
     fn product(
         self,
         rhs: Var<'t, F>,
-        addend: Option<Var<'t, F>>,
+        addend: Option<(Var<'t, F>, Option<usize>)>,
         ta: bool,
         tb: bool,
     ) -> Var<'t, F> {
-        let op = LinalgOp::Matmul {
-            ta,
-            tb,
-            add: addend.is_some(),
+        // The window's start for `addmm_rows`; `None` for plain `addmm`.
+        let add = match addend {
+            None => Addend::None,
+            Some((_, Some(start))) => Addend::Rows { start },
+            Some((c, None)) if c.shape().len() == 1 => Addend::Bias,
+            Some((_, None)) => Addend::Full,
         };
+        let op = LinalgOp::Matmul { ta, tb, add };
+        let addend = addend.map(|(c, _)| c);
         let inputs: SmallVec<[Var<'t, F>; 3]> = [Some(self), Some(rhs), addend]
             .into_iter()
             .flatten()
@@ -269,8 +333,17 @@ impl<'t, F: Real> Var<'t, F> {
         self.tape().record(op.name(), &inputs, |x, pool| {
             let (m, n) = check_operands(op, x)?;
             let mut out = pool.take(m.saturating_mul(n), op.name())?;
-            if let Some(c) = x.get(2) {
-                out.copy_from_slice(c.data());
+            match add {
+                Addend::None => {}
+                Addend::Full => out.copy_from_slice(x[2].data()),
+                Addend::Rows { start } => {
+                    out.copy_from_slice(&x[2].data()[start * n..(start + m) * n]);
+                }
+                Addend::Bias => {
+                    for row in out.chunks_exact_mut(n.max(1)) {
+                        row.copy_from_slice(x[2].data());
+                    }
+                }
             }
             let dst = MatMut::row_major(&mut out, m, n);
             F::gemm(dst, view(x[0], ta), view(x[1], tb), x.len() == 3);
@@ -287,13 +360,15 @@ impl<'t, F: Real> Var<'t, F> {
     }
 
     /// `y = c + a·b` in one op (`torch.addmm`): the product accumulates
-    /// onto a copy of `c` (here `self`), with no separate add pass.
+    /// onto a copy of `c` (here `self`), with no separate add pass. `c` is
+    /// [m×n], or a bias row [n] added to every row (`x·W + b`, one op).
     ///
-    /// Gradient: ∂L/∂c = G, ∂L/∂a = G·bᵀ, ∂L/∂b = aᵀ·G.
+    /// Gradient: ∂L/∂c = G (for a bias row, Σ_rows G), ∂L/∂a = G·bᵀ,
+    /// ∂L/∂b = aᵀ·G.
     ///
     /// # Panics
     /// If the operands are not 2-D, the inner dimensions differ, or `c` is
-    /// not [m×n].
+    /// neither [m×n] nor [n].
     ///
     /// ```
     /// use tapegrad::{Tape, Tensor};
@@ -309,16 +384,18 @@ impl<'t, F: Real> Var<'t, F> {
     /// ```
     #[track_caller]
     pub fn addmm(self, a: Var<'t, F>, b: Var<'t, F>) -> Var<'t, F> {
-        a.product(b, Some(self), false, false)
+        a.product(b, Some((self, None)), false, false)
     }
 
-    /// `y = c + a·bᵀ` in one op: a step's recurrent term `xw(t) + h(t−1)·W_hhᵀ`.
+    /// `y = c + a·bᵀ` in one op: a step's recurrent term `xw(t) + h(t−1)·W_hhᵀ`,
+    /// or with a bias row c [n], a linear layer `x·Wᵀ + b`.
     ///
-    /// Gradient: ∂L/∂c = G, ∂L/∂a = G·b, ∂L/∂b = Gᵀ·a.
+    /// Gradient: ∂L/∂c = G (for a bias row, Σ_rows G), ∂L/∂a = G·b,
+    /// ∂L/∂b = Gᵀ·a.
     ///
     /// # Panics
-    /// If the operands are not 2-D, `a.cols ≠ b.cols`, or `c` is not
-    /// [a.rows × b.rows].
+    /// If the operands are not 2-D, `a.cols ≠ b.cols`, or `c` is neither
+    /// [a.rows × b.rows] nor [b.rows].
     ///
     /// ```
     /// use tapegrad::{Tape, Tensor};
@@ -331,7 +408,58 @@ impl<'t, F: Real> Var<'t, F> {
     /// ```
     #[track_caller]
     pub fn addmm_t(self, a: Var<'t, F>, b: Var<'t, F>) -> Var<'t, F> {
-        a.product(b, Some(self), false, true)
+        a.product(b, Some((self, None)), false, true)
+    }
+
+    /// `y = c[start..start+m, :] + a·b` in one op, c = `self` [R×n]: adds
+    /// the product onto a window of c's rows without copying the window out
+    /// first (what `torch.addmm(c[start:start+m], a, b)` does with a view).
+    /// A recurrent step reads its rows of the hoisted input projection this
+    /// way.
+    ///
+    /// Gradient: ∂L/∂c = G in rows `start..start+m`, 0 elsewhere;
+    /// ∂L/∂a = G·bᵀ, ∂L/∂b = aᵀ·G.
+    ///
+    /// # Panics
+    /// If the operands are not 2-D, the inner dimensions differ, or c is not
+    /// 2-D with n columns and at least `start + m` rows.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let c = tape.var(Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3, 1]).unwrap());
+    /// let a = tape.constant(Tensor::from_vec(vec![10.0], &[1, 1]).unwrap());
+    /// let b = tape.constant(Tensor::from_vec(vec![2.0], &[1, 1]).unwrap());
+    /// let y = c.addmm_rows(1, a, b); // row 1 of c, plus 10·2
+    /// assert_eq!(y.value().data(), &[22.0]);
+    /// assert_eq!(y.sum().backward().wrt(c).data(), &[0.0, 1.0, 0.0]);
+    /// ```
+    #[track_caller]
+    pub fn addmm_rows(self, start: usize, a: Var<'t, F>, b: Var<'t, F>) -> Var<'t, F> {
+        a.product(b, Some((self, Some(start))), false, false)
+    }
+
+    /// `y = c[start..start+m, :] + a·bᵀ` in one op: [`Var::addmm_rows`]
+    /// with b in PyTorch's weight layout.
+    ///
+    /// Gradient: ∂L/∂c = G in rows `start..start+m`, 0 elsewhere;
+    /// ∂L/∂a = G·b, ∂L/∂b = Gᵀ·a.
+    ///
+    /// # Panics
+    /// As [`Var::addmm_rows`], with `a.cols ≠ b.cols` for the inner
+    /// dimensions.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let c = tape.constant(Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap());
+    /// let h = tape.constant(Tensor::from_vec(vec![1.0], &[1, 1]).unwrap());
+    /// let w = tape.var(Tensor::from_vec(vec![5.0, 6.0], &[2, 1]).unwrap());
+    /// assert_eq!(c.addmm_rows_t(1, h, w).value().data(), &[8.0, 10.0]);
+    /// ```
+    #[track_caller]
+    pub fn addmm_rows_t(self, start: usize, a: Var<'t, F>, b: Var<'t, F>) -> Var<'t, F> {
+        a.product(b, Some((self, Some(start))), false, true)
     }
 
     /// Matrix product, `y = a·b` ([m×k]·[k×n] → [m×n]). A left operand of
