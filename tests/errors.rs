@@ -148,6 +148,18 @@ fn addmm_addend_of_the_wrong_shape_names_what_it_must_be() {
 }
 
 #[test]
+fn column_window_activations_name_the_window_and_shape() {
+    let tape = Tape::<f64>::new();
+    let z = tape.var(t(&[2, 8]));
+    let msg = panic_message(|| z.sigmoid_cols(6, 4));
+    assert_mentions(&msg, &["sigmoid", "columns 6..10", "[2, 8]", "at least 10"]);
+    let v = tape.var(t(&[8]));
+    let msg = panic_message(|| v.tanh_cols(0, 2));
+    assert_mentions(&msg, &["tanh", "columns 0..2", "[8]", "2-D"]);
+    assert_eq!(z.tanh_cols(6, 2).shape().as_slice(), &[2, 2]);
+}
+
+#[test]
 fn matmul_of_non_2d_operands() {
     let tape = Tape::<f64>::new();
     let a = tape.var(t(&[2, 3]));

@@ -72,6 +72,8 @@ enum OpSpec {
     TMatmul,
     Addmm,
     AddmmT,
+    /// tanh (false) or σ (true) of columns `start..start+len`.
+    ActCols(bool, usize, usize),
     /// Rows `start..start+m` of c [R×n] plus a·b (or a·bᵀ when true).
     AddmmRows(usize, bool),
     MatmulBatched,
@@ -124,6 +126,7 @@ impl OpSpec {
             OpSpec::Div
             | OpSpec::Tanh
             | OpSpec::Sigmoid
+            | OpSpec::ActCols(..)
             | OpSpec::Exp
             | OpSpec::Log
             | OpSpec::Sqrt
@@ -155,6 +158,8 @@ impl OpSpec {
             OpSpec::TMatmul => x[0].t_matmul(x[1]),
             OpSpec::Addmm => x[2].addmm(x[0], x[1]),
             OpSpec::AddmmT => x[2].addmm_t(x[0], x[1]),
+            OpSpec::ActCols(false, s, l) => x[0].tanh_cols(*s, *l),
+            OpSpec::ActCols(true, s, l) => x[0].sigmoid_cols(*s, *l),
             OpSpec::AddmmRows(start, false) => x[2].addmm_rows(*start, x[0], x[1]),
             OpSpec::AddmmRows(start, true) => x[2].addmm_rows_t(*start, x[0], x[1]),
             OpSpec::MatmulBatched => x[0].matmul_t(x[1]),
@@ -546,6 +551,8 @@ properties! {
     sigmoid => unary(OpSpec::Sigmoid, 0..=4, uniform(-5.0, 5.0));
     relu => unary(OpSpec::Relu, 0..=4, away_from(-2.0, 2.0, vec![0.0]));
     exp => unary(OpSpec::Exp, 0..=4, uniform(-3.0, 3.0));
+    // A window of columns of a 2-D input (an LSTM's gate blocks).
+    act_cols => act_cols();
     log => unary(OpSpec::Log, 0..=4, uniform(0.1, 4.0));
     sqrt => unary(OpSpec::Sqrt, 0..=4, uniform(0.1, 4.0));
     powf => unary_with(OpSpec::Powf, uniform(-3.0, 3.0), uniform(0.2, 3.0));
@@ -580,6 +587,24 @@ properties! {
     addmm_t_bias => product(OpSpec::AddmmT, |m, k, n| [vec![m, k], vec![n, k], vec![n]]);
     // A window of c's rows: c has 0..=3 rows before and after the window.
     addmm_rows => addmm_rows();
+}
+
+/// tanh or σ of columns `start..start+len` of an [r × (start+len+after)]
+/// input, the window possibly empty or the whole width.
+fn act_cols() -> BoxedStrategy<Case> {
+    cases(
+        (
+            1usize..=4,
+            0usize..=3,
+            0usize..=4,
+            0usize..=3,
+            any::<bool>(),
+        )
+            .prop_flat_map(|(r, start, len, after, sigmoid)| {
+                tensor(vec![r, start + len + after], uniform(-3.0, 3.0))
+                    .prop_map(move |t| (OpSpec::ActCols(sigmoid, start, len), vec![t]))
+            }),
+    )
 }
 
 /// `c[start..start+m] + a·b` / `+ a·bᵀ` with c [start + m + after, n].

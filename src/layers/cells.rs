@@ -20,7 +20,7 @@
 //! error says `lstm.l0/t=3/forget_gate`.
 //!
 //! Memory: a step releases ([`Var::release`]) the values no backward rule
-//! reads — the pre-activations and their gate slices,
+//! reads — the pre-activations z (each gate reads its block of z in place),
 //! the partial sums `f⊙c₋` and `i⊙g` — as soon as their consumers are
 //! recorded, so what stays on the tape per LSTM step is i, f, g, o, c,
 //! tanh c and h: the activations hand-written BPTT keeps.
@@ -148,12 +148,17 @@ impl CellKind {
                     let _s = tape.scope("gates");
                     w_hh.times_onto_rows(xw, h)
                 };
-                let parts = z.split(1, 4);
-                z.release();
-                let i = gate(parts[0], "input_gate", Var::sigmoid);
-                let f = gate(parts[1], "forget_gate", Var::sigmoid);
-                let g = gate(parts[2], "cell_gate", Var::tanh);
-                let o = gate(parts[3], "output_gate", Var::sigmoid);
+                // Each gate reads its block of z in place (no split copies).
+                let hs = z.shape()[1] / 4;
+                let block = |k: usize, name: &'static str, act: GateAct<'t, F>| {
+                    let _s = tape.scope(name);
+                    act(z, k * hs, hs)
+                };
+                let i = block(0, "input_gate", Var::sigmoid_cols);
+                let f = block(1, "forget_gate", Var::sigmoid_cols);
+                let g = block(2, "cell_gate", Var::tanh_cols);
+                let o = block(3, "output_gate", Var::sigmoid_cols);
+                z.release(); // the gates' rules read their outputs
                 let c = {
                     let _s = tape.scope("cell");
                     let (fc, ig) = (f * c_prev, i * g);
@@ -213,6 +218,9 @@ impl CellKind {
         }
     }
 }
+
+/// An activation of a window of columns (`Var::sigmoid_cols`, `tanh_cols`).
+type GateAct<'t, F> = fn(Var<'t, F>, usize, usize) -> Var<'t, F>;
 
 /// Applies `act` to `pre` under the label scope `name`, then releases `pre`
 /// (the gate activations' backward rules read their outputs, not `pre`).

@@ -39,8 +39,9 @@ pub(crate) enum Op<F> {
     Param(ParamKey),
     /// Elementwise binary ops with broadcasting (`arith.rs`).
     Binary(arith::BinaryOp),
-    /// Elementwise unary ops and activations (`unary.rs`).
-    Unary(unary::UnaryOp<F>),
+    /// Elementwise unary ops and activations (`unary.rs`), on the whole
+    /// input or on a window of its columns.
+    Unary(unary::UnaryOp<F>, Option<unary::Cols>),
     /// Matrix products and transposes (`linalg.rs`).
     Linalg(linalg::LinalgOp),
     /// Sums and means (`reduce.rs`).
@@ -140,7 +141,7 @@ impl<F: Real> Op<F> {
             Op::Leaf => "leaf".into(),
             Op::Param(_) => "param".into(),
             Op::Binary(o) => o.name().into(),
-            Op::Unary(o) => o.name(),
+            Op::Unary(o, w) => unary::name(o, w),
             Op::Linalg(o) => o.name().into(),
             Op::Reduce(o) => o.name(),
             Op::Shape(o) => o.name(),
@@ -155,7 +156,7 @@ impl<F: Real> Op<F> {
         match self {
             Op::Leaf | Op::Param(_) => {}
             Op::Binary(o) => o.backward(k, ctx, slot),
-            Op::Unary(o) => o.backward(k, ctx, slot),
+            Op::Unary(o, w) => o.backward(*w, ctx, slot),
             Op::Linalg(o) => o.backward(k, ctx, slot),
             Op::Reduce(o) => o.backward(k, ctx, slot),
             Op::Shape(o) => o.backward(k, ctx, slot),
@@ -171,7 +172,7 @@ impl<F: Real> Op<F> {
         match self {
             Op::Leaf | Op::Param(_) => false,
             Op::Binary(o) => o.reads_input(k),
-            Op::Unary(o) => o.reads_input(),
+            Op::Unary(o, _) => o.reads_input(),
             Op::Linalg(o) => o.reads_input(k),
             Op::Loss(o) => o.reads_input(k),
             // Routed by shape alone, or by saved masks and indices.
@@ -182,7 +183,7 @@ impl<F: Real> Op<F> {
     /// Whether this op's backward reads its own output value.
     pub(crate) fn reads_output(&self) -> bool {
         match self {
-            Op::Unary(o) => o.reads_output(),
+            Op::Unary(o, _) => o.reads_output(),
             Op::Loss(o) => o.reads_output(),
             _ => false,
         }

@@ -5,6 +5,12 @@
 //! Each rule is `∂L/∂x = gy ⊙ f'(x)`, written with the output `y` wherever
 //! that is cheaper (tanh' = 1 − y², σ' = y(1 − y), exp' = y, sqrt' = 1/(2y)).
 //!
+//! An op may read a window of its input's columns instead of the whole
+//! input ([`Cols`]): `z.sigmoid_cols(h, h)` is σ of columns h..2h of a 2-D
+//! z, in one op — how an LSTM step activates its four gate blocks without
+//! slicing them out first. The rule then adds into that window of ∂L/∂z
+//! (0 elsewhere).
+//!
 //! Boundary conventions (the subgradients PyTorch uses): relu'(0) = 0,
 //! abs'(0) = 0, clamp passes the gradient where lo ≤ x ≤ hi (both ends
 //! included), d/dx x⁰ = 0 (also at 0); sqrt'(0) = +∞, log'(0) = +∞ and
@@ -15,6 +21,23 @@ use crate::error::{Error, ErrorKind};
 use crate::tensor::Tensor;
 use crate::{Real, Var};
 use std::borrow::Cow;
+
+/// A window of a 2-D input's columns, `x[:, start..start + len]`, that a
+/// unary op reads in place of the whole input (its output is [rows × len]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cols {
+    start: usize,
+    len: usize,
+}
+
+/// The node name: the op's, with its column window if it has one
+/// (`sigmoid[:, 8..16]`).
+pub(crate) fn name<F: Real>(op: &UnaryOp<F>, cols: &Option<Cols>) -> Cow<'static, str> {
+    match cols {
+        None => op.name(),
+        Some(c) => format!("{}[:, {}..{}]", op.name(), c.start, c.start + c.len).into(),
+    }
+}
 
 /// An elementwise unary op.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,16 +152,56 @@ impl<F: Real> UnaryOp<F> {
         }
     }
 
-    pub(crate) fn backward(&self, _k: usize, c: &BackwardCtx<'_, F>, slot: GradSlot<'_, F>) {
+    /// `y = f(x)` in place (`out` holds x): the transcendental ones through
+    /// the slice kernels, the rest through [`UnaryOp::forward`] from a copy.
+    fn forward_in_place(self, out: &mut [F]) {
+        match self {
+            UnaryOp::Tanh => F::tanh_in_place(out),
+            UnaryOp::Sigmoid => F::sigmoid_in_place(out),
+            UnaryOp::Exp => F::exp_in_place(out),
+            _ => {
+                let x = out.to_vec();
+                self.forward(out, &x);
+            }
+        }
+    }
+
+    pub(crate) fn backward(
+        &self,
+        cols: Option<Cols>,
+        c: &BackwardCtx<'_, F>,
+        slot: GradSlot<'_, F>,
+    ) {
+        let Some(w) = cols else {
+            return self.backward_rows(c.gy.data(), c.x[0].data(), c.y.data(), slot);
+        };
+        // A window: add each output row's rule into its row of the window
+        // (the rest of ∂L/∂x gets nothing from this op).
+        let width = c.x[0].shape()[1];
+        let d = slot.for_adding();
+        let x = c.x[0].data();
+        let rows = c.gy.data().chunks_exact(w.len.max(1));
+        for (r, (gy, y)) in rows.zip(c.y.data().chunks_exact(w.len.max(1))).enumerate() {
+            let at = r * width + w.start;
+            let x = if self.reads_input() {
+                &x[at..at + w.len]
+            } else {
+                gy
+            };
+            let slot = GradSlot {
+                data: &mut d[at..at + w.len],
+                fresh: false,
+            };
+            self.backward_rows(gy, x, y, slot);
+        }
+    }
+
+    /// The rule over equal-length slices: ∂L/∂x (=|+=) gy ⊙ f'(x or y).
+    fn backward_rows(&self, gy: &[F], x: &[F], y: &[F], slot: GradSlot<'_, F>) {
         // A value the rule does not read may have been released (empty):
         // gy, of the same length, stands in for it.
-        let gy = c.gy.data();
-        let x = if self.reads_input() {
-            c.x[0].data()
-        } else {
-            gy
-        };
-        let y = if self.reads_output() { c.y.data() } else { gy };
+        let x = if self.reads_input() { x } else { gy };
+        let y = if self.reads_output() { y } else { gy };
         let (one, zero, half) = (F::one(), F::zero(), F::of(0.5));
         match *self {
             UnaryOp::Affine { mul, .. } => rule(gy, x, y, slot, |g, _, _| g * mul),
@@ -198,7 +261,43 @@ impl<'t, F: Real> Var<'t, F> {
             let x = x[0];
             let mut out = pool.take(x.numel(), op.kind())?;
             op.forward(&mut out, x.data());
-            Ok((Op::Unary(op), Tensor::from_parts(x.shape().into(), out)))
+            Ok((
+                Op::Unary(op, None),
+                Tensor::from_parts(x.shape().into(), out),
+            ))
+        })
+    }
+
+    /// `op` applied to columns `start..start + len` of a 2-D var.
+    #[track_caller]
+    fn unary_cols(self, op: UnaryOp<F>, start: usize, len: usize) -> Var<'t, F> {
+        let name = op.kind();
+        self.tape().record(name, &[self], |x, pool| {
+            let x = x[0];
+            let fits = x.rank() == 2 && start.checked_add(len).is_some_and(|e| e <= x.shape()[1]);
+            if !fits {
+                return Err(Error::shape(
+                    name,
+                    format!(
+                        "columns {start}..{} of {:?}: needs a 2-D input with at least {} columns",
+                        start.saturating_add(len),
+                        x.shape(),
+                        start.saturating_add(len)
+                    ),
+                ));
+            }
+            let (rows, width) = (x.shape()[0], x.shape()[1]);
+            let mut out = pool.take(rows * len, name)?;
+            if len > 0 {
+                for (r, o) in out.chunks_exact_mut(len).enumerate() {
+                    o.copy_from_slice(&x.data()[r * width + start..r * width + start + len]);
+                }
+            }
+            op.forward_in_place(&mut out);
+            Ok((
+                Op::Unary(op, Some(Cols { start, len })),
+                Tensor::from_parts([rows, len].as_slice().into(), out),
+            ))
         })
     }
 
@@ -280,6 +379,50 @@ impl<'t, F: Real> Var<'t, F> {
     /// ```
     pub fn tanh(self) -> Var<'t, F> {
         self.unary(UnaryOp::Tanh)
+    }
+
+    /// tanh of a window of columns, `y = tanh x[:, start..start + len]`, in
+    /// one op (no slice copy): an LSTM's cell-gate block.
+    ///
+    /// Gradient: ∂L/∂x = gy ⊙ (1 − y²) in the window, 0 elsewhere.
+    ///
+    /// # Panics
+    /// If the var is not 2-D or has fewer than `start + len` columns.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.var(Tensor::from_vec(vec![0.0, 0.5, 9.0, 1.0], &[2, 2]).unwrap());
+    /// let y = x.tanh_cols(1, 1); // column 1
+    /// assert_eq!(y.value().data(), &[0.5f64.tanh(), 1f64.tanh()]);
+    /// let g = y.sum().backward();
+    /// assert_eq!(g.wrt(x).data()[0], 0.0);
+    /// assert_eq!(g.wrt(x).data()[1], 1.0 - 0.5f64.tanh().powi(2));
+    /// ```
+    #[track_caller]
+    pub fn tanh_cols(self, start: usize, len: usize) -> Var<'t, F> {
+        self.unary_cols(UnaryOp::Tanh, start, len)
+    }
+
+    /// σ of a window of columns, `y = σ(x[:, start..start + len])`, in one
+    /// op (no slice copy): an LSTM's input, forget and output gate blocks.
+    ///
+    /// Gradient: ∂L/∂x = gy ⊙ y(1 − y) in the window, 0 elsewhere.
+    ///
+    /// # Panics
+    /// If the var is not 2-D or has fewer than `start + len` columns.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let z = tape.var(Tensor::zeros(&[1, 4]));
+    /// let gates = z.sigmoid_cols(0, 2);
+    /// assert_eq!(gates.value().data(), &[0.5, 0.5]);
+    /// assert_eq!(gates.sum().backward().wrt(z).data(), &[0.25, 0.25, 0.0, 0.0]);
+    /// ```
+    #[track_caller]
+    pub fn sigmoid_cols(self, start: usize, len: usize) -> Var<'t, F> {
+        self.unary_cols(UnaryOp::Sigmoid, start, len)
     }
 
     /// Logistic sigmoid, `y = 1/(1 + e^(−x))`, stable for any finite x.
