@@ -6,8 +6,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layers::{derive_seed, Embedding, Linear, Lstm, RecurrentConfig, RunOptions};
 use crate::layers::{State, StateTensors};
 use crate::optim::{clip_grad_norm, Optimizer};
-use crate::{ParamStore, Real, Reduction, Tape, Var};
+use crate::parallel::{mean_weight, shard_ranges, shard_targets, DataParallel};
+use crate::tensor::Tensor;
+use crate::{Grads, ParamStore, Real, Reduction, Tape, Var};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// Sizes of a [`CharModel`] (the vocabulary size comes from its
@@ -298,8 +301,114 @@ impl<F: Real> CharModel<F> {
             let value = loss.item().to_f64_lossy();
             (value, last.to_tensors(), loss.backward())
         };
+        let grad_norm = match self.update(optimizer, &mut grads, clip_norm) {
+            Ok(n) => n,
+            Err(e) => {
+                tape.reset_with(grads);
+                return Err(e);
+            }
+        };
+        tape.reset_with(grads);
+        *state = next;
+        Ok(StepStats { loss, grad_norm })
+    }
+
+    /// [`CharModel::train_step`] data-parallel: the batch's streams (and
+    /// their rows of `state`) are cut into one balanced shard per worker of
+    /// `dp` ([`shard_ranges`]); each worker runs forward and backward on its
+    /// own tape, its mean loss weighted by its share of the streams
+    /// ([`mean_weight`]), so the summed gradients are the full batch's
+    /// mean-loss gradients; then one clipped optimizer update as in
+    /// `train_step`. Without dropout the result equals `train_step`'s up to
+    /// rounding (the sums run in another order); with dropout each shard
+    /// draws its own masks (seed derived from `dropout_seed` and the shard).
+    ///
+    /// # Errors
+    /// As [`CharModel::train_step`].
+    ///
+    /// # Panics
+    /// As [`CharModel::train_step`], or if `dp` has more workers than the
+    /// batch has streams.
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Vocab};
+    /// use tapegrad::optim::Sgd;
+    /// use tapegrad::parallel::DataParallel;
+    /// let vocab = Vocab::from_text("abcd");
+    /// let cfg = CharModelConfig::default().embed_size(4).hidden_size(8).layers(1);
+    /// let mut model = CharModel::<f64>::new(vocab.clone(), cfg, 0);
+    /// let streams = CharStreams::new(&vocab.encode("abcdabcdabcdabcd").unwrap(), 4).unwrap();
+    /// let batch = streams.batch(0, 3);
+    /// let (mut dp, mut opt) = (DataParallel::new(2), Sgd::new(0.1));
+    /// let mut state = model.zero_state(4);
+    /// let stats = model.train_step_parallel(&mut dp, &mut opt, &batch, &mut state, Some(1.0), 7)?;
+    /// assert!(stats.loss > 0.0 && stats.grad_norm > 0.0);
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    #[track_caller]
+    pub fn train_step_parallel(
+        &mut self,
+        dp: &mut DataParallel<F>,
+        optimizer: &mut dyn Optimizer<F>,
+        batch: &Batch,
+        state: &mut StateTensors<F>,
+        clip_norm: Option<f64>,
+        dropout_seed: u64,
+    ) -> Result<StepStats> {
+        let ranges = shard_ranges(batch.batch, dp.workers());
+        assert!(
+            ranges.len() == dp.workers(),
+            "tapegrad: CharModel::train_step_parallel: {} workers for a batch of {} streams",
+            dp.workers(),
+            batch.batch
+        );
+        let shards: Vec<(Vec<usize>, Vec<usize>, StateTensors<F>)> = ranges
+            .iter()
+            .map(|r| {
+                (
+                    shard_targets(&batch.inputs, batch.batch, r.clone()),
+                    shard_targets(&batch.targets, batch.batch, r.clone()),
+                    state_rows(state, r),
+                )
+            })
+            .collect();
+        let this = &*self;
+        let (outs, mut grads) = dp.step(|k, tape| {
+            let (inputs, targets, st) = &shards[k];
+            let seed = derive_seed(dropout_seed, k as u64);
+            let (logits, last) = this.forward(tape, inputs, ranges[k].len(), st, Some(seed));
+            let loss = logits
+                .cross_entropy(targets, Reduction::Mean)
+                .mul_scalar(mean_weight(&ranges[k], batch.batch));
+            logits.release(); // cross-entropy saved its probabilities
+            let value = loss.item().to_f64_lossy();
+            ((value, last.to_tensors()), loss.backward())
+        });
+        let grad_norm = match self.update(optimizer, &mut grads, clip_norm) {
+            Ok(n) => n,
+            Err(e) => {
+                dp.reset_with(grads);
+                return Err(e);
+            }
+        };
+        dp.reset_with(grads);
+        let loss = outs.iter().map(|(l, _)| l).sum();
+        let parts: Vec<StateTensors<F>> = outs.into_iter().map(|(_, s)| s).collect();
+        *state = stack_state_rows(&parts);
+        Ok(StepStats { loss, grad_norm })
+    }
+
+    /// Clips the gradients' global norm to `clip_norm` (if set) and applies
+    /// one optimizer update; returns the norm before clipping. On a
+    /// non-finite norm nothing is updated.
+    fn update(
+        &mut self,
+        optimizer: &mut dyn Optimizer<F>,
+        grads: &mut Grads<F>,
+        clip_norm: Option<f64>,
+    ) -> Result<f64> {
         let grad_norm = match clip_norm {
-            Some(max) => clip_grad_norm(&mut grads, max, true),
+            Some(max) => clip_grad_norm(grads, max, true),
             None => {
                 let n = grads.params_norm();
                 if n.is_finite() {
@@ -313,17 +422,9 @@ impl<F: Real> CharModel<F> {
                 }
             }
         };
-        let grad_norm = match grad_norm {
-            Ok(n) => n,
-            Err(e) => {
-                tape.reset_with(grads);
-                return Err(e);
-            }
-        };
-        optimizer.step(&mut self.store, &grads);
-        tape.reset_with(grads);
-        *state = next;
-        Ok(StepStats { loss, grad_norm })
+        let grad_norm = grad_norm?;
+        optimizer.step(&mut self.store, grads);
+        Ok(grad_norm)
     }
 
     /// The mean cross-entropy (nats per character) on `batch` from `state`,
@@ -630,4 +731,46 @@ fn num_params(v: usize, c: &CharModelConfig) -> Option<usize> {
         .checked_add(upper)?
         .checked_add(v.checked_mul(h)?)?
         .checked_add(v)
+}
+
+/// Rows `rows` (streams) of every [B×H] tensor of `state`.
+fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) -> StateTensors<F> {
+    let pick = |ts: &Vec<Tensor<F>>| -> Vec<Tensor<F>> {
+        ts.iter()
+            .map(|t| {
+                let h = t.shape()[1];
+                let data = t.data()[rows.start * h..rows.end * h].to_vec();
+                Tensor::from_vec(data, &[rows.len(), h]).expect("a row range of a [B×H] state")
+            })
+            .collect()
+    };
+    StateTensors {
+        h: pick(&state.h),
+        c: state.c.as_ref().map(pick),
+    }
+}
+
+/// The shards' states stacked back by rows, in shard order (the inverse of
+/// [`state_rows`] over consecutive ranges).
+fn stack_state_rows<F: Real>(parts: &[StateTensors<F>]) -> StateTensors<F> {
+    let stack = |get: &dyn Fn(&StateTensors<F>) -> &Vec<Tensor<F>>| -> Vec<Tensor<F>> {
+        (0..get(&parts[0]).len())
+            .map(|l| {
+                let h = get(&parts[0])[l].shape()[1];
+                let data: Vec<F> = parts
+                    .iter()
+                    .flat_map(|p| get(p)[l].data().to_vec())
+                    .collect();
+                let rows = data.len() / h.max(1);
+                Tensor::from_vec(data, &[rows, h]).expect("shards of one [B×H] state")
+            })
+            .collect()
+    };
+    StateTensors {
+        h: stack(&|p| &p.h),
+        c: parts[0]
+            .c
+            .as_ref()
+            .map(|_| stack(&|p| p.c.as_ref().expect("every shard has a cell state"))),
+    }
 }
