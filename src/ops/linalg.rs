@@ -364,14 +364,14 @@ impl<'t, F: Real> Var<'t, F> {
 
     /// `y = c + a·b` in one op (`torch.addmm`): the product accumulates
     /// onto a copy of `c` (here `self`), with no separate add pass. `c` is
-    /// [m×n], or a bias row [n] added to every row (`x·W + b`, one op).
+    /// `[m×n]`, or a bias row `[n]` added to every row (`x·W + b`, one op).
     ///
     /// Gradient: ∂L/∂c = G (for a bias row, Σ_rows G), ∂L/∂a = G·bᵀ,
     /// ∂L/∂b = aᵀ·G.
     ///
     /// # Panics
     /// If the operands are not 2-D, the inner dimensions differ, or `c` is
-    /// neither [m×n] nor [n].
+    /// neither `[m×n]` nor `[n]`.
     ///
     /// ```
     /// use tapegrad::{Tape, Tensor};
@@ -391,7 +391,7 @@ impl<'t, F: Real> Var<'t, F> {
     }
 
     /// `y = c + a·bᵀ` in one op: a step's recurrent term `xw(t) + h(t−1)·W_hhᵀ`,
-    /// or with a bias row c [n], a linear layer `x·Wᵀ + b`.
+    /// or with a bias row c `[n]`, a linear layer `x·Wᵀ + b`.
     ///
     /// Gradient: ∂L/∂c = G (for a bias row, Σ_rows G), ∂L/∂a = G·b,
     /// ∂L/∂b = Gᵀ·a.
