@@ -301,14 +301,9 @@ impl<F: Real> CharModel<F> {
             let value = loss.item().to_f64_lossy();
             (value, last.to_tensors(), loss.backward())
         };
-        let grad_norm = match self.update(optimizer, &mut grads, clip_norm) {
-            Ok(n) => n,
-            Err(e) => {
-                tape.reset_with(grads);
-                return Err(e);
-            }
-        };
+        let updated = self.update(optimizer, &mut grads, clip_norm);
         tape.reset_with(grads);
+        let grad_norm = updated?;
         *state = next;
         Ok(StepStats { loss, grad_norm })
     }
@@ -384,14 +379,9 @@ impl<F: Real> CharModel<F> {
             let value = loss.item().to_f64_lossy();
             ((value, last.to_tensors()), loss.backward())
         });
-        let grad_norm = match self.update(optimizer, &mut grads, clip_norm) {
-            Ok(n) => n,
-            Err(e) => {
-                dp.reset_with(grads);
-                return Err(e);
-            }
-        };
+        let updated = self.update(optimizer, &mut grads, clip_norm);
         dp.reset_with(grads);
+        let grad_norm = updated?;
         let loss = outs.iter().map(|(l, _)| l).sum();
         let parts: Vec<StateTensors<F>> = outs.into_iter().map(|(_, s)| s).collect();
         *state = stack_state_rows(&parts);
