@@ -159,30 +159,6 @@ fn sum_into(out: &mut [Tensor<f32>], parts: &[[&Tensor<f32>; 6]]) {
     }
 }
 
-/// The parameter gradients of a reference instance, in a fixed order.
-trait HandGrads {
-    fn params(&self) -> [&Tensor<f32>; 6];
-}
-
-impl HandGrads for RnnBptt<f32> {
-    fn params(&self) -> [&Tensor<f32>; 6] {
-        let g = self.grads();
-        [&g.w_ih, &g.w_hh, &g.b_ih, &g.b_hh, &g.w_out, &g.b_out]
-    }
-}
-
-impl HandGrads for LstmBptt<f32> {
-    fn params(&self) -> [&Tensor<f32>; 6] {
-        let g = self.grads();
-        [&g.w_ih, &g.w_hh, &g.b_ih, &g.b_hh, &g.w_out, &g.b_out]
-    }
-}
-
-/// Every shard's parameter gradients.
-fn grad_parts<H: HandGrads>(hands: &[H]) -> Vec<[&Tensor<f32>; 6]> {
-    hands.iter().map(HandGrads::params).collect()
-}
-
 /// Zero tensors shaped like `grads`, to sum shard gradients into.
 fn zeros_like(grads: &[&Tensor<f32>]) -> Vec<Tensor<f32>> {
     grads.iter().map(|g| Tensor::zeros(g.shape())).collect()
@@ -249,13 +225,14 @@ fn rnn_bptt(cr: &mut Criterion) {
             let mut hands: Vec<_> = (sh.ranges.iter())
                 .map(|r| RnnBptt::new(r.len(), c.i, c.h, c.o, c.t, Nonlinearity::Tanh, false))
                 .collect();
-            let mut sum = zeros_like(&grad_parts(&hands)[0]);
+            let mut sum = zeros_like(&hands[0].grads().params());
             group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
                 bench.iter(|| {
                     let losses = run_workers(&mut hands, |k, hand| {
                         hand.run(&p, sh.xs[k].data(), &sh.zeros[k], &sh.ys[k])
                     });
-                    sum_into(&mut sum, &grad_parts(&hands));
+                    let parts: Vec<_> = hands.iter().map(|h| h.grads().params()).collect();
+                    sum_into(&mut sum, &parts);
                     black_box((losses, sum[0].data()[0]));
                 })
             });
@@ -284,14 +261,15 @@ fn lstm_bptt(cr: &mut Criterion) {
             let mut hands: Vec<_> = (sh.ranges.iter())
                 .map(|r| LstmBptt::new(r.len(), c.i, c.h, c.o, c.t, false))
                 .collect();
-            let mut sum = zeros_like(&grad_parts(&hands)[0]);
+            let mut sum = zeros_like(&hands[0].grads().params());
             group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
                 bench.iter(|| {
                     let losses = run_workers(&mut hands, |k, hand| {
                         let z = &sh.zeros[k];
                         hand.run(&p, sh.xs[k].data(), z, z, &sh.ys[k])
                     });
-                    sum_into(&mut sum, &grad_parts(&hands));
+                    let parts: Vec<_> = hands.iter().map(|h| h.grads().params()).collect();
+                    sum_into(&mut sum, &parts);
                     black_box((losses, sum[0].data()[0]));
                 })
             });

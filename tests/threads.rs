@@ -409,27 +409,11 @@ fn bench_data_parallel_step_equals_the_serial_step_on_both_sides() {
             if lstm {
                 let mut r = LstmBptt::new(n, i, h, o, t, false);
                 r.run(&lp, xs, &z, &z, ys);
-                let g = r.grads();
-                vec![
-                    g.w_ih.clone(),
-                    g.w_hh.clone(),
-                    g.b_ih.clone(),
-                    g.b_hh.clone(),
-                    g.w_out.clone(),
-                    g.b_out.clone(),
-                ]
+                r.grads().params().map(Tensor::clone).to_vec()
             } else {
                 let mut r = RnnBptt::new(n, i, h, o, t, Nonlinearity::Tanh, false);
                 r.run(&rp, xs, &z, ys);
-                let g = r.grads();
-                vec![
-                    g.w_ih.clone(),
-                    g.w_hh.clone(),
-                    g.b_ih.clone(),
-                    g.b_hh.clone(),
-                    g.w_out.clone(),
-                    g.b_out.clone(),
-                ]
+                r.grads().params().map(Tensor::clone).to_vec()
             }
         };
         let serial_hand = hand(x.data(), &targets, b);

@@ -113,6 +113,31 @@ pub struct LstmGrads<F: Real> {
     pub c0: Tensor<F>,
 }
 
+impl<F: Real> LstmGrads<F> {
+    /// The six parameter gradients in PyTorch's order plus the readout:
+    /// `[w_ih, w_hh, b_ih, b_hh, w_out, b_out]` (the same order for
+    /// [`RnnGrads::params`](super::RnnGrads::params)).
+    ///
+    /// ```
+    /// use tapegrad::reference::{LstmBptt, LstmParams};
+    /// let p = LstmParams::<f64>::random(1, 2, 2, 0);
+    /// let mut r = LstmBptt::new(1, 1, 2, 2, 1, false);
+    /// r.run(&p, &[1.0], &[0.0, 0.0], &[0.0, 0.0], &[1]);
+    /// let g = r.grads();
+    /// assert_eq!(g.params()[1], &g.w_hh);
+    /// ```
+    pub fn params(&self) -> [&Tensor<F>; 6] {
+        [
+            &self.w_ih,
+            &self.w_hh,
+            &self.b_ih,
+            &self.b_hh,
+            &self.w_out,
+            &self.b_out,
+        ]
+    }
+}
+
 /// Hand-written BPTT for an LSTM with a softmax readout and a summed
 /// cross-entropy loss; all buffers are allocated by [`LstmBptt::new`] and
 /// reused by every [`LstmBptt::run`].

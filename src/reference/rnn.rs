@@ -109,6 +109,32 @@ pub struct RnnGrads<F: Real> {
     pub h0: Tensor<F>,
 }
 
+impl<F: Real> RnnGrads<F> {
+    /// The six parameter gradients in PyTorch's order plus the readout:
+    /// `[w_ih, w_hh, b_ih, b_hh, w_out, b_out]` (the same order for
+    /// [`LstmGrads::params`](super::LstmGrads::params)).
+    ///
+    /// ```
+    /// use tapegrad::reference::{RnnBptt, RnnParams};
+    /// use tapegrad::Nonlinearity;
+    /// let p = RnnParams::<f64>::random(1, 2, 2, 0);
+    /// let mut r = RnnBptt::new(1, 1, 2, 2, 1, Nonlinearity::Tanh, false);
+    /// r.run(&p, &[1.0], &[0.0, 0.0], &[1]);
+    /// let g = r.grads();
+    /// assert_eq!(g.params()[4], &g.w_out);
+    /// ```
+    pub fn params(&self) -> [&Tensor<F>; 6] {
+        [
+            &self.w_ih,
+            &self.w_hh,
+            &self.b_ih,
+            &self.b_hh,
+            &self.w_out,
+            &self.b_out,
+        ]
+    }
+}
+
 /// Hand-written BPTT for an RNN with a softmax readout and a summed
 /// cross-entropy loss; all buffers are allocated by [`RnnBptt::new`] and
 /// reused by every [`RnnBptt::run`].
