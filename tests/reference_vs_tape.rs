@@ -18,7 +18,7 @@ use bptt_task::TapeModel;
 use proptest::prelude::*;
 use std::sync::Mutex;
 use tapegrad::reference::{LstmBptt, LstmParams, RnnBptt, RnnParams};
-use tapegrad::{Nonlinearity, Real, Tape, Tensor};
+use tapegrad::{Grads, Nonlinearity, Real, Tape, Tensor};
 
 static WORST: Mutex<[f64; 2]> = Mutex::new([0.0; 2]); // [f32, f64]
 
@@ -133,15 +133,23 @@ fn rnn_property<F: Real>(s: &Sizes, phi: Nonlinearity) -> Result<(), TestCaseErr
         &Tensor::scalar(ref_loss),
     )?;
     let tg = loss.backward();
-    let param = |k| tg.param(k).expect("bound parameter");
-    check("dW_ih", param(model.w_ih), &g.w_ih)?;
-    check("dW_hh", param(model.w_hh), &g.w_hh)?;
-    check("db_ih", param(model.b_ih), &g.b_ih)?;
-    check("db_hh", param(model.b_hh), &g.b_hh)?;
-    check("dW_out", param(model.w_out()), &g.w_out)?;
-    check("db_out", param(model.b_out()), &g.b_out)?;
+    check_params(&tg, &model, g.params())?;
     check("dx", tg.wrt(xv), g.x.as_ref().expect("input gradient"))?;
     check("dh0", tg.wrt(hv), &g.h0)?;
+    Ok(())
+}
+
+/// The six parameter gradients of the tape against the reference's, in
+/// the order of `RnnGrads::params` / `LstmGrads::params`.
+fn check_params<F: Real>(
+    tg: &Grads<F>,
+    model: &TapeModel<F>,
+    want: [&Tensor<F>; 6],
+) -> Result<(), TestCaseError> {
+    const NAMES: [&str; 6] = ["dW_ih", "dW_hh", "db_ih", "db_hh", "dW_out", "db_out"];
+    for ((name, key), want) in NAMES.iter().zip(model.keys()).zip(want) {
+        check(name, tg.param(key).expect("bound parameter"), want)?;
+    }
     Ok(())
 }
 
@@ -164,13 +172,7 @@ fn lstm_property<F: Real>(s: &Sizes) -> Result<(), TestCaseError> {
         &Tensor::scalar(ref_loss),
     )?;
     let tg = loss.backward();
-    let param = |k| tg.param(k).expect("bound parameter");
-    check("dW_ih", param(model.w_ih), &g.w_ih)?;
-    check("dW_hh", param(model.w_hh), &g.w_hh)?;
-    check("db_ih", param(model.b_ih), &g.b_ih)?;
-    check("db_hh", param(model.b_hh), &g.b_hh)?;
-    check("dW_out", param(model.w_out()), &g.w_out)?;
-    check("db_out", param(model.b_out()), &g.b_out)?;
+    check_params(&tg, &model, g.params())?;
     check("dx", tg.wrt(xv), g.x.as_ref().expect("input gradient"))?;
     check("dh0", tg.wrt(hv), &g.h0)?;
     check("dc0", tg.wrt(cv), &g.c0)?;

@@ -395,14 +395,7 @@ fn bench_data_parallel_step_equals_the_serial_step_on_both_sides() {
         } else {
             bptt_task::TapeModel::rnn(&rp, Nonlinearity::Tanh)
         };
-        let keys = [
-            model.w_ih,
-            model.w_hh,
-            model.b_ih,
-            model.b_hh,
-            model.w_out(),
-            model.b_out(),
-        ];
+        let keys = model.keys();
         // One reference run on `n` columns; its six parameter gradients.
         let hand = |xs: &[f64], ys: &[usize], n: usize| -> Vec<Tensor<f64>> {
             let z = vec![0.0; n * h];

@@ -117,6 +117,19 @@ impl<F: Real> TapeModel<F> {
         self.head.bias.expect("readout has a bias")
     }
 
+    /// The six parameter keys in the order of the reference's
+    /// `RnnGrads::params` / `LstmGrads::params`.
+    pub fn keys(&self) -> [ParamKey; 6] {
+        [
+            self.w_ih,
+            self.w_hh,
+            self.b_ih,
+            self.b_hh,
+            self.w_out(),
+            self.b_out(),
+        ]
+    }
+
     /// Forward over all steps + readout + summed cross-entropy on `tape`.
     /// `x` is [T×B×I]; `h0`/`c0` are [B×H] vars. Returns the loss var.
     pub fn loss<'t>(
