@@ -156,21 +156,14 @@ impl LinalgOp {
     }
 }
 
-/// Weight-gradient contributions deferred to one GEMM (see
-/// [`LinalgOp::deferrable`]): for each use, the output gradient G_t and the
-/// left operand A_t.
-pub(crate) struct Deferred<'a, F> {
-    pub(crate) gy: &'a [F],
-    pub(crate) a: &'a Tensor<F>,
-}
-
 /// Largest left-operand row count for which a weight gradient is deferred:
 /// beyond it the per-use GEMM is already efficient and deferring would only
 /// keep G_t alive longer.
 const DEFER_MAX_ROWS: usize = 512;
 
 /// Pending G_t elements of one weight beyond which the sweep flushes its
-/// deferred uses early (8 MiB in f32): bounds the memory deferral holds on
+/// deferred uses early (8 MiB in f32; the block they are stacked in holds at
+/// most this many, or one G_t if that is larger): bounds the memory deferral holds on
 /// long sequences, while each flush still stacks ≥ 1024 rows at the batch
 /// sizes where that memory matters (B = 64, 4H = 2048: 16 steps). Measured
 /// at LSTM L, 2 threads (B = 32 per worker): flushing every 2²⁰ elements
@@ -196,17 +189,20 @@ impl LinalgOp {
     }
 }
 
-/// Adds Σ_t G_tᵀ·A_t (or Σ_t A_tᵀ·G_t when `!tb`) into `slot`, stacking the
-/// contributions into two contiguous blocks first so that it is one GEMM.
+/// Adds Σ_t G_tᵀ·A_t (or Σ_t A_tᵀ·G_t when `!tb`) into `slot`, where `g`
+/// holds the G_t already stacked (rows × n, in the order of `a`): the A_t
+/// are stacked into one contiguous block too (unless there is one), so that
+/// it is one GEMM.
 pub(crate) fn flush_deferred<F: Real>(
     tb: bool,
-    items: &[Deferred<'_, F>],
+    g: &[F],
+    a: &[&Tensor<F>],
     slot: GradSlot<'_, F>,
     pool: &mut crate::tape::pool::Pool<F>,
 ) -> crate::error::Result<()> {
     let acc = !slot.fresh;
-    let k = dims2(items[0].a).1;
-    let rows: usize = items.iter().map(|d| dims2(d.a).0).sum();
+    let k = dims2(a[0]).1;
+    let rows: usize = a.iter().map(|t| dims2(t).0).sum();
     if rows == 0 || k == 0 {
         // Empty batches contribute nothing: ∂L/∂W = 0.
         if !acc {
@@ -215,30 +211,27 @@ pub(crate) fn flush_deferred<F: Real>(
         return Ok(());
     }
     let n = slot.data.len() / k;
-    let (g, a) = if items.len() == 1 {
-        (None, None)
+    let stacked = if a.len() == 1 {
+        None
     } else {
-        let mut g = pool.take(rows * n, "backward")?;
-        let mut a = pool.take(rows * k, "backward")?;
-        let (mut pg, mut pa) = (0, 0);
-        for d in items {
-            g[pg..pg + d.gy.len()].copy_from_slice(d.gy);
-            a[pa..pa + d.a.numel()].copy_from_slice(d.a.data());
-            pg += d.gy.len();
-            pa += d.a.numel();
+        let mut buf = pool.take(rows * k, "backward")?;
+        let mut at = 0;
+        for t in a {
+            buf[at..at + t.numel()].copy_from_slice(t.data());
+            at += t.numel();
         }
-        (Some(g), Some(a))
+        Some(buf)
     };
     {
-        let gv = MatRef::row_major(g.as_deref().unwrap_or(items[0].gy), rows, n);
-        let av = MatRef::row_major(a.as_deref().unwrap_or(items[0].a.data()), rows, k);
+        let gv = MatRef::row_major(&g[..rows * n], rows, n);
+        let av = MatRef::row_major(stacked.as_deref().unwrap_or(a[0].data()), rows, k);
         if tb {
             F::gemm(MatMut::row_major(slot.data, n, k), gv.t(), av, acc);
         } else {
             F::gemm(MatMut::row_major(slot.data, k, n), av.t(), gv, acc);
         }
     }
-    for buf in [g, a].into_iter().flatten() {
+    if let Some(buf) = stacked {
         pool.give(buf);
     }
     Ok(())

@@ -18,28 +18,23 @@
 use super::pool::Pool;
 use super::{check_finite, Node, NodeId, Tape, Var};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::linalg::{flush_deferred, Deferred, LinalgOp, DEFER_FLUSH_ELEMS};
+use crate::ops::linalg::{flush_deferred, LinalgOp, DEFER_FLUSH_ELEMS};
 use crate::ops::{BackwardCtx, GradSlot, Op};
 use crate::params::ParamKey;
 use crate::tensor::Tensor;
 use crate::Real;
 use smallvec::SmallVec;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-/// Deferred uses of one weight in one orientation: (G_t, node id of A_t),
-/// and how many G elements they hold in all.
+/// Deferred uses of one weight in one orientation: their G_t stacked as the
+/// rows of one block (each copied in as it arrives, while it is still in
+/// cache, so its own buffer goes straight back to the pool for the next
+/// step's gradients), and the node ids of their A_t.
 struct DeferredUses<F> {
-    items: Vec<(Vec<F>, usize)>,
-    elems: usize,
-}
-
-impl<F> Default for DeferredUses<F> {
-    fn default() -> Self {
-        DeferredUses {
-            items: Vec::new(),
-            elems: 0,
-        }
-    }
+    block: Vec<F>,
+    filled: usize,
+    a: Vec<usize>,
 }
 
 /// The gradients from one backward pass, keyed by var and by parameter.
@@ -241,33 +236,50 @@ impl<F: Real> Grads<F> {
     }
 }
 
-/// Adds the deferred uses `items` of weight `w` (in orientation `tb`) into
-/// its gradient slot as one GEMM, and returns their buffers to the pool.
+/// Adds the deferred uses of weight `w` (in orientation `tb`) into its
+/// gradient slot as one GEMM, and returns their block to the pool.
 fn flush_into<F: Real>(
     nodes: &[Node<F>],
     slots: &mut [Option<Vec<F>>],
     pool: &mut Pool<F>,
     (w, tb): (usize, bool),
-    items: DeferredUses<F>,
+    uses: DeferredUses<F>,
 ) -> Result<()> {
     let fresh = slots[w].is_none();
     if fresh {
         slots[w] = Some(pool.take(nodes[w].value.numel(), "backward")?);
     }
-    let list: Vec<Deferred<'_, F>> = items
-        .items
-        .iter()
-        .map(|(g, a)| Deferred {
-            gy: g,
-            a: &nodes[*a].value,
-        })
-        .collect();
+    let a: Vec<&Tensor<F>> = uses.a.iter().map(|&j| &nodes[j].value).collect();
     let data = slots[w].as_mut().expect("slot was just filled");
-    flush_deferred(tb, &list, GradSlot { data, fresh }, pool)?;
-    for (g, _) in items.items {
-        pool.give(g);
-    }
+    flush_deferred(
+        tb,
+        &uses.block[..uses.filled],
+        &a,
+        GradSlot { data, fresh },
+        pool,
+    )?;
+    pool.give(uses.block);
     Ok(())
+}
+
+/// The G elements each (weight, orientation) will receive from its
+/// deferrable uses up to `root`: sizes the block its uses are stacked in.
+fn deferrable_elems<F: Real>(nodes: &[Node<F>]) -> HashMap<(usize, bool), usize> {
+    let mut total = HashMap::new();
+    for node in nodes {
+        let Some(&a) = node.inputs.first() else {
+            continue;
+        };
+        for (k, &j) in node.inputs.iter().enumerate() {
+            if !nodes[j as usize].requires_grad {
+                continue;
+            }
+            if let Some(tb) = node.op.deferrable(k, &nodes[a as usize].value) {
+                *total.entry((j as usize, tb)).or_default() += node.value.numel();
+            }
+        }
+    }
+    total
 }
 
 impl<F: Real> Tape<F> {
@@ -294,9 +306,15 @@ impl<F: Real> Tape<F> {
 
         // Weight gradients deferred to one GEMM per weight and orientation
         // (see `ops::linalg::flush_deferred`): (weight node id, tb) →
-        // [(G_t, A_t node)]. Uses as `a·W` and as `a·Wᵀ` batch separately:
-        // their contributions are Aᵀ·G and Gᵀ·A, not one stacked product.
+        // their stacked G_t and A_t nodes. Uses as `a·W` and as `a·Wᵀ` batch
+        // separately: their contributions are Aᵀ·G and Gᵀ·A, not one stacked
+        // product. `pending` counts the G elements still to come for each.
         let mut deferred: HashMap<(usize, bool), DeferredUses<F>> = HashMap::new();
+        let mut pending = if inner.anomaly {
+            HashMap::new()
+        } else {
+            deferrable_elems(&nodes[..=root])
+        };
         // The largest weight id with deferred uses: no lookups above it.
         let mut deferred_max = 0usize;
 
@@ -382,13 +400,37 @@ impl<F: Real> Tape<F> {
                             slots[i] = Some(gy.clone());
                         }
                         deferred_max = deferred_max.max(j);
-                        let uses = deferred.entry((j, tb)).or_default();
-                        uses.elems += gy.len();
-                        uses.items.push((gy, node.inputs[0] as usize));
-                        // Bound what deferral holds: flush a long list now.
-                        if uses.elems >= DEFER_FLUSH_ELEMS {
-                            let items = deferred.remove(&(j, tb)).expect("just pushed");
-                            flush_into(nodes, &mut slots, pool, (j, tb), items)?;
+                        let key = (j, tb);
+                        // A use that does not fit flushes the block before it.
+                        if deferred
+                            .get(&key)
+                            .is_some_and(|u| u.block.len() - u.filled < gy.len())
+                        {
+                            let uses = deferred.remove(&key).expect("just checked");
+                            flush_into(nodes, &mut slots, pool, key, uses)?;
+                        }
+                        let left = pending.get_mut(&key).expect("counted before the sweep");
+                        let uses = match deferred.entry(key) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(e) => {
+                                // Room for the uses still to come, up to the
+                                // cap that bounds what deferral holds.
+                                let len = (*left).min(DEFER_FLUSH_ELEMS).max(gy.len());
+                                e.insert(DeferredUses {
+                                    block: pool.take(len, "backward")?,
+                                    filled: 0,
+                                    a: Vec::new(),
+                                })
+                            }
+                        };
+                        uses.block[uses.filled..uses.filled + gy.len()].copy_from_slice(&gy);
+                        uses.filled += gy.len();
+                        uses.a.push(node.inputs[0] as usize);
+                        *left -= gy.len();
+                        pool.give(gy);
+                        if uses.filled == uses.block.len() {
+                            let uses = deferred.remove(&key).expect("just pushed");
+                            flush_into(nodes, &mut slots, pool, key, uses)?;
                         }
                     }
                     (None, true) => slots[i] = Some(gy),
