@@ -5,8 +5,9 @@
 //! safety, conversion from `f64`) and a few hooks with generic defaults:
 //! [`Real::gemm`], so that `f32` and `f64` run the optimised kernels of the
 //! `gemm` crate, and the slice kernels [`Real::tanh_in_place`],
-//! [`Real::sigmoid_in_place`], [`Real::exp_in_place`], which `f32` runs
-//! through SIMD (`tensor::vecmath`). Any other `Float` type gets plain,
+//! [`Real::sigmoid_in_place`], [`Real::exp_in_place`] (and their
+//! out-of-place `*_extend` forms), which `f32` runs through SIMD
+//! (`tensor::vecmath`). Any other `Float` type gets plain,
 //! correct loops by implementing `Real` with an empty body.
 
 use crate::tensor::gemm::{self, MatMut, MatRef};
@@ -80,6 +81,46 @@ pub trait Real:
         vecmath::exp(xs)
     }
 
+    /// Appends `tanh x` for every element of `src` to `dst`: the
+    /// out-of-place form of [`Real::tanh_in_place`], for a result that goes
+    /// into a fresh buffer (no copy of `src` first). Same kernel, same bits.
+    ///
+    /// ```
+    /// use tapegrad::Real;
+    /// let mut out = vec![9.0f32];
+    /// f32::tanh_extend(&mut out, &[0.0, 20.0]);
+    /// assert_eq!(out, [9.0, 0.0, 1.0]);
+    /// ```
+    fn tanh_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        dst.extend(src.iter().map(|x| x.tanh()))
+    }
+
+    /// Appends `σ(x)` for every element of `src` to `dst` (the out-of-place
+    /// form of [`Real::sigmoid_in_place`]).
+    ///
+    /// ```
+    /// use tapegrad::Real;
+    /// let mut out = Vec::new();
+    /// f64::sigmoid_extend(&mut out, &[0.0, -1000.0]);
+    /// assert_eq!(out, [0.5, 0.0]);
+    /// ```
+    fn sigmoid_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        dst.extend(src.iter().map(|&x| vecmath::sigmoid_scalar(x)))
+    }
+
+    /// Appends `eˣ` for every element of `src` to `dst` (the out-of-place
+    /// form of [`Real::exp_in_place`]).
+    ///
+    /// ```
+    /// use tapegrad::Real;
+    /// let mut out = Vec::new();
+    /// f32::exp_extend(&mut out, &[0.0, f32::NEG_INFINITY]);
+    /// assert_eq!(out, [1.0, 0.0]);
+    /// ```
+    fn exp_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        dst.extend(src.iter().map(|x| x.exp()))
+    }
+
     /// Converts from `f64` (rounding for narrower types).
     fn of(x: f64) -> Self {
         Self::from_f64(x).expect("Real::of: value not representable")
@@ -104,6 +145,15 @@ impl Real for f32 {
     }
     fn exp_in_place(xs: &mut [Self]) {
         vecmath::exp_f32(xs)
+    }
+    fn tanh_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        vecmath::extend_f32(rten_vecmath::Tanh {}, dst, src)
+    }
+    fn sigmoid_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        vecmath::extend_f32(rten_vecmath::Sigmoid {}, dst, src)
+    }
+    fn exp_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        vecmath::extend_f32(rten_vecmath::Exp {}, dst, src)
     }
 }
 

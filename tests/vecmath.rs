@@ -1,5 +1,6 @@
 //! The slice kernels of `tensor::vecmath` (`Real::tanh_in_place`,
-//! `sigmoid_in_place`, `exp_in_place`): SIMD for f32, scalar for f64.
+//! `sigmoid_in_place`, `exp_in_place` and their out-of-place `*_extend`
+//! forms): SIMD for f32, scalar for f64.
 //!
 //! Tolerances: f32 results within 3 ULP (tanh), 4 ULP (σ) and 1 ULP (exp) of
 //! the f64 function rounded to f32 — `rten-vecmath`'s stated bounds (against
@@ -36,11 +37,20 @@ enum Kernel {
 impl Kernel {
     const ALL: [Kernel; 3] = [Kernel::Tanh, Kernel::Sigmoid, Kernel::Exp];
 
-    fn run_f32(self, xs: &mut [f32]) {
+    /// The out-of-place form (`Real::*_extend`), appended to `dst`.
+    fn extend<F: Real>(self, dst: &mut Vec<F>, xs: &[F]) {
         match self {
-            Kernel::Tanh => f32::tanh_in_place(xs),
-            Kernel::Sigmoid => f32::sigmoid_in_place(xs),
-            Kernel::Exp => f32::exp_in_place(xs),
+            Kernel::Tanh => F::tanh_extend(dst, xs),
+            Kernel::Sigmoid => F::sigmoid_extend(dst, xs),
+            Kernel::Exp => F::exp_extend(dst, xs),
+        }
+    }
+
+    fn in_place<F: Real>(self, xs: &mut [F]) {
+        match self {
+            Kernel::Tanh => F::tanh_in_place(xs),
+            Kernel::Sigmoid => F::sigmoid_in_place(xs),
+            Kernel::Exp => F::exp_in_place(xs),
         }
     }
 
@@ -65,7 +75,7 @@ impl Kernel {
 /// ULP distance seen among normal results.
 fn check_f32(k: Kernel, xs: &[f32]) -> u32 {
     let mut ys = xs.to_vec();
-    k.run_f32(&mut ys);
+    k.in_place(&mut ys);
     let mut worst = 0;
     for (&x, &y) in xs.iter().zip(&ys) {
         let want = k.exact(x as f64) as f32;
@@ -160,10 +170,10 @@ proptest! {
         for k in Kernel::ALL {
             check_f32(k, &xs);
             let mut whole = xs.clone();
-            k.run_f32(&mut whole);
+            k.in_place(&mut whole);
             for (i, &x) in xs.iter().enumerate() {
                 let mut one = [x];
-                k.run_f32(&mut one);
+                k.in_place(&mut one);
                 prop_assert_eq!(one[0].to_bits(), whole[i].to_bits(), "{:?} at {}", k, i);
             }
         }
@@ -182,6 +192,33 @@ proptest! {
             prop_assert_eq!(t[i].to_bits(), x.tanh().to_bits());
             prop_assert_eq!(s[i].to_bits(), vecmath::sigmoid_scalar(x).to_bits());
             prop_assert_eq!(e[i].to_bits(), x.exp().to_bits());
+        }
+    }
+
+    /// The out-of-place forms (`*_extend`, which write into a buffer's
+    /// spare capacity) give bitwise the in-place forms' results, appended
+    /// after what the buffer held, for f32 (SIMD) and f64 (scalar).
+    #[test]
+    fn extend_forms_equal_in_place_forms(
+        xs in prop::collection::vec(-30.0f64..30.0, 0..70),
+        held in 0usize..5,
+    ) {
+        let x32: Vec<f32> = xs.iter().map(|&x| x as f32).collect();
+        for k in Kernel::ALL {
+            let mut want32 = x32.clone();
+            k.in_place(&mut want32);
+            let mut got32 = vec![7.0f32; held];
+            k.extend(&mut got32, &x32);
+            prop_assert_eq!(&got32[..held], &vec![7.0f32; held][..]);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&got32[held..]), bits(&want32), "{:?}", k);
+
+            let mut want64 = xs.clone();
+            k.in_place(&mut want64);
+            let mut got64 = vec![7.0f64; held];
+            k.extend(&mut got64, &xs);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&got64[held..]), bits(&want64), "{:?}", k);
         }
     }
 }

@@ -208,17 +208,6 @@ impl<F: Real> Op<F> {
     }
 }
 
-/// `out[i] = f(a[i])` as a plain indexed loop (vectorizes; the op is
-/// matched once outside the loop by the caller).
-#[inline]
-pub(crate) fn map1<F: Copy>(out: &mut [F], a: &[F], f: impl Fn(F) -> F) {
-    let n = out.len();
-    let a = &a[..n];
-    for i in 0..n {
-        out[i] = f(a[i]);
-    }
-}
-
 /// `out[i] = f(a[i], b[i])` as a plain indexed loop.
 #[inline]
 pub(crate) fn map2<F: Copy>(out: &mut [F], a: &[F], b: &[F], f: impl Fn(F, F) -> F) {

@@ -16,7 +16,7 @@
 //! included), d/dx x⁰ = 0 (also at 0); sqrt'(0) = +∞, log'(0) = +∞ and
 //! d/dx x^p at 0 for 0 < p < 1 = +∞ as IEEE gives them.
 
-use super::{map1, BackwardCtx, GradSlot, Op};
+use super::{BackwardCtx, GradSlot, Op};
 use crate::error::{Error, ErrorKind};
 use crate::tensor::Tensor;
 use crate::{Real, Var};
@@ -124,45 +124,24 @@ impl<F: Real> UnaryOp<F> {
         }
     }
 
-    /// `out = f(x)` elementwise, the op matched once outside the loop.
-    fn forward(self, out: &mut [F], x: &[F]) {
+    /// Appends `f(x)` for every element of `x` to `out`, the op matched
+    /// once outside the loop. The transcendental ones run the slice kernels
+    /// of `tensor::vecmath` (SIMD for f32), reading `x` and writing `out`
+    /// directly (no copy of `x` first).
+    fn forward(self, out: &mut Vec<F>, x: &[F]) {
         let zero = F::zero();
+        let it = x.iter().copied();
         match self {
-            UnaryOp::Affine { mul, add } => map1(out, x, |x| mul * x + add),
-            // The transcendental ones run the slice kernels of
-            // `tensor::vecmath` (SIMD for f32), in place on a copy.
-            UnaryOp::Tanh => {
-                out.copy_from_slice(x);
-                F::tanh_in_place(out)
-            }
-            UnaryOp::Sigmoid => {
-                out.copy_from_slice(x);
-                F::sigmoid_in_place(out)
-            }
-            UnaryOp::Relu => map1(out, x, |x| if x > zero { x } else { zero }),
-            UnaryOp::Exp => {
-                out.copy_from_slice(x);
-                F::exp_in_place(out)
-            }
-            UnaryOp::Log => map1(out, x, |x| x.ln()),
-            UnaryOp::Sqrt => map1(out, x, |x| x.sqrt()),
-            UnaryOp::Powf(p) => map1(out, x, |x| x.powf(p)),
-            UnaryOp::Abs => map1(out, x, |x| x.abs()),
-            UnaryOp::Clamp { lo, hi } => map1(out, x, |x| x.max(lo).min(hi)),
-        }
-    }
-
-    /// `y = f(x)` in place (`out` holds x): the transcendental ones through
-    /// the slice kernels, the rest through [`UnaryOp::forward`] from a copy.
-    fn forward_in_place(self, out: &mut [F]) {
-        match self {
-            UnaryOp::Tanh => F::tanh_in_place(out),
-            UnaryOp::Sigmoid => F::sigmoid_in_place(out),
-            UnaryOp::Exp => F::exp_in_place(out),
-            _ => {
-                let x = out.to_vec();
-                self.forward(out, &x);
-            }
+            UnaryOp::Affine { mul, add } => out.extend(it.map(|x| mul * x + add)),
+            UnaryOp::Tanh => F::tanh_extend(out, x),
+            UnaryOp::Sigmoid => F::sigmoid_extend(out, x),
+            UnaryOp::Relu => out.extend(it.map(|x| if x > zero { x } else { zero })),
+            UnaryOp::Exp => F::exp_extend(out, x),
+            UnaryOp::Log => out.extend(it.map(|x| x.ln())),
+            UnaryOp::Sqrt => out.extend(it.map(|x| x.sqrt())),
+            UnaryOp::Powf(p) => out.extend(it.map(|x| x.powf(p))),
+            UnaryOp::Abs => out.extend(it.map(|x| x.abs())),
+            UnaryOp::Clamp { lo, hi } => out.extend(it.map(|x| x.max(lo).min(hi))),
         }
     }
 
@@ -259,7 +238,10 @@ impl<'t, F: Real> Var<'t, F> {
     pub(crate) fn unary(self, op: UnaryOp<F>) -> Var<'t, F> {
         self.tape().record(op.kind(), &[self], |x, pool| {
             let x = x[0];
+            // A pooled buffer's room, refilled by the op (the length is
+            // back to numel when it returns).
             let mut out = pool.take(x.numel(), op.kind())?;
+            out.clear();
             op.forward(&mut out, x.data());
             Ok((
                 Op::Unary(op, None),
@@ -288,12 +270,12 @@ impl<'t, F: Real> Var<'t, F> {
             }
             let (rows, width) = (x.shape()[0], x.shape()[1]);
             let mut out = pool.take(rows * len, name)?;
+            out.clear();
             if len > 0 {
-                for (r, o) in out.chunks_exact_mut(len).enumerate() {
-                    o.copy_from_slice(&x.data()[r * width + start..r * width + start + len]);
+                for row in x.data().chunks_exact(width) {
+                    op.forward(&mut out, &row[start..start + len]);
                 }
             }
-            op.forward_in_place(&mut out);
             Ok((
                 Op::Unary(op, Some(Cols { start, len })),
                 Tensor::from_parts([rows, len].as_slice().into(), out),

@@ -18,10 +18,13 @@
 //! reference in `crate::reference` — so the tape-vs-hand benchmarks and
 //! property tests compare the same arithmetic. The entry points are the
 //! [`Real`] hooks [`Real::tanh_in_place`], [`Real::sigmoid_in_place`] and
-//! [`Real::exp_in_place`], which `f32` overrides.
+//! [`Real::exp_in_place`], which `f32` overrides, and their out-of-place
+//! forms [`Real::tanh_extend`], [`Real::sigmoid_extend`] and
+//! [`Real::exp_extend`], which write into a fresh buffer's spare capacity.
 
 use crate::Real;
 use rten_simd::SimdUnaryOp;
+use rten_vecmath::ExtendInit;
 
 /// The scalar logistic function without overflow for any finite input:
 /// `1/(1 + e^(−x))` for x ≥ 0, `eˣ/(1 + eˣ)` below.
@@ -91,4 +94,12 @@ pub(crate) fn sigmoid_f32(xs: &mut [f32]) {
 /// `f32` exp through `rten_vecmath::Exp` (≤ 1 ULP).
 pub(crate) fn exp_f32(xs: &mut [f32]) {
     rten_vecmath::Exp {}.map_mut(xs);
+}
+
+/// Appends `op(x)` for every `x` of `src` to `dst`, writing the results
+/// straight into `dst`'s spare capacity (through `rten-vecmath`'s safe
+/// `ExtendInit`: no zero-fill, no copy of `src`).
+pub(crate) fn extend_f32<Op: SimdUnaryOp<f32>>(op: Op, dst: &mut Vec<f32>, src: &[f32]) {
+    dst.reserve(src.len());
+    dst.extend_init(|spare| op.map(src, &mut spare[..src.len()]));
 }
