@@ -1075,6 +1075,74 @@ proptest! {
     }
 }
 
+/// A weight whose gradient the sweep defers (left operands of ≤ 512 rows)
+/// over uses of uneven sizes that hold more G elements than one deferral
+/// block (2²¹): the sweep flushes early, also when a use does not fit in
+/// what is left of a block (1.2M elements in, a 2.1M one next). The
+/// gradient of `Σ_t (x_t·W ⊙ R_t).sum()` is `Σ_t x_tᵀ·R_t` exactly, summed
+/// here element by element: equal to 1e-12 relative (f64, only the
+/// summation order differs), in both orientations.
+#[test]
+fn deferred_weight_gradients_over_uneven_uses_flush_early_and_stay_exact() {
+    let (k, n) = (3, 4096);
+    let rows = [300usize, 512, 1, 450, 77];
+    let xs: Vec<Tensor<f64>> = (0..rows.len())
+        .map(|t| uniform(&[rows[t], k], 10 + t as u64))
+        .collect();
+    let rs: Vec<Tensor<f64>> = (0..rows.len())
+        .map(|t| uniform(&[rows[t], n], 100 + t as u64))
+        .collect();
+    // want[a][b] = Σ_t Σ_r x_t[r][a]·R_t[r][b]
+    let mut want = vec![0.0f64; k * n];
+    for (x, r) in xs.iter().zip(&rs) {
+        for (xr, rr) in x.data().chunks_exact(k).zip(r.data().chunks_exact(n)) {
+            for a in 0..k {
+                for b in 0..n {
+                    want[a * n + b] += xr[a] * rr[b];
+                }
+            }
+        }
+    }
+    for transposed in [false, true] {
+        let tape = Tape::<f64>::new();
+        let w = tape.var(if transposed {
+            uniform(&[n, k], 1)
+        } else {
+            uniform(&[k, n], 1)
+        });
+        let mut loss: Option<Var<'_, f64>> = None;
+        for (x, r) in xs.iter().zip(&rs) {
+            let x = tape.constant(x.clone());
+            let y = if transposed {
+                x.matmul_t(w)
+            } else {
+                x.matmul(w)
+            };
+            let term = weighted(y, r);
+            loss = Some(loss.map_or(term, |l| l + term));
+        }
+        let g = loss.expect("five uses").backward();
+        let got = g.wrt(w).data();
+        let mut worst = 0.0f64;
+        for a in 0..k {
+            for b in 0..n {
+                let v = if transposed {
+                    got[b * k + a]
+                } else {
+                    got[a * n + b]
+                };
+                let e = want[a * n + b];
+                worst = worst.max((v - e).abs() / e.abs().max(1.0));
+            }
+        }
+        assert!(
+            worst <= 1e-12,
+            "W{}: worst relative error {worst:e}",
+            if transposed { "ᵀ" } else { "" }
+        );
+    }
+}
+
 /// A weight used both as `x·W` and as `v·Wᵀ` in one graph (square and not):
 /// each use's contribution keeps its own orientation.
 #[test]
