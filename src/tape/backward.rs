@@ -409,7 +409,9 @@ impl<F: Real> Tape<F> {
                             let uses = deferred.remove(&key).expect("just checked");
                             flush_into(nodes, &mut slots, pool, key, uses)?;
                         }
-                        let left = pending.get_mut(&key).expect("counted before the sweep");
+                        // (Counted before the sweep; a miscount would only
+                        // size a block wrongly, never lose a use.)
+                        let left = pending.entry(key).or_default();
                         let uses = match deferred.entry(key) {
                             Entry::Occupied(e) => e.into_mut(),
                             Entry::Vacant(e) => {
@@ -426,7 +428,7 @@ impl<F: Real> Tape<F> {
                         uses.block[uses.filled..uses.filled + gy.len()].copy_from_slice(&gy);
                         uses.filled += gy.len();
                         uses.a.push(node.inputs[0] as usize);
-                        *left -= gy.len();
+                        *left = left.saturating_sub(gy.len());
                         pool.give(gy);
                         if uses.filled == uses.block.len() {
                             let uses = deferred.remove(&key).expect("just pushed");
