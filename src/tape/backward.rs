@@ -15,27 +15,15 @@
 //! gradient never get a slot (requires-grad pruning), and nodes the root
 //! does not depend on never receive one, so they cost nothing either.
 
-use super::pool::Pool;
-use super::{check_finite, Node, NodeId, Tape, Var};
+use super::deferral::Deferrals;
+use super::{check_finite, NodeId, Tape, Var};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::linalg::{flush_deferred, LinalgOp, DEFER_FLUSH_ELEMS};
+use crate::ops::linalg::LinalgOp;
 use crate::ops::{BackwardCtx, GradSlot, Op};
 use crate::params::ParamKey;
 use crate::tensor::Tensor;
 use crate::Real;
 use smallvec::SmallVec;
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-
-/// Deferred uses of one weight in one orientation: their G_t stacked as the
-/// rows of one block (each copied in as it arrives, while it is still in
-/// cache, so its own buffer goes straight back to the pool for the next
-/// step's gradients), and the node ids of their A_t.
-struct DeferredUses<F> {
-    block: Vec<F>,
-    filled: usize,
-    a: Vec<usize>,
-}
 
 /// The gradients from one backward pass, keyed by var and by parameter.
 ///
@@ -236,52 +224,6 @@ impl<F: Real> Grads<F> {
     }
 }
 
-/// Adds the deferred uses of weight `w` (in orientation `tb`) into its
-/// gradient slot as one GEMM, and returns their block to the pool.
-fn flush_into<F: Real>(
-    nodes: &[Node<F>],
-    slots: &mut [Option<Vec<F>>],
-    pool: &mut Pool<F>,
-    (w, tb): (usize, bool),
-    uses: DeferredUses<F>,
-) -> Result<()> {
-    let fresh = slots[w].is_none();
-    if fresh {
-        slots[w] = Some(pool.take(nodes[w].value.numel(), "backward")?);
-    }
-    let a: Vec<&Tensor<F>> = uses.a.iter().map(|&j| &nodes[j].value).collect();
-    let data = slots[w].as_mut().expect("slot was just filled");
-    flush_deferred(
-        tb,
-        &uses.block[..uses.filled],
-        &a,
-        GradSlot { data, fresh },
-        pool,
-    )?;
-    pool.give(uses.block);
-    Ok(())
-}
-
-/// The G elements each (weight, orientation) will receive from its
-/// deferrable uses up to `root`: sizes the block its uses are stacked in.
-fn deferrable_elems<F: Real>(nodes: &[Node<F>]) -> HashMap<(usize, bool), usize> {
-    let mut total = HashMap::new();
-    for node in nodes {
-        let Some(&a) = node.inputs.first() else {
-            continue;
-        };
-        for (k, &j) in node.inputs.iter().enumerate() {
-            if !nodes[j as usize].requires_grad {
-                continue;
-            }
-            if let Some(tb) = node.op.deferrable(k, &nodes[a as usize].value) {
-                *total.entry((j as usize, tb)).or_default() += node.value.numel();
-            }
-        }
-    }
-    total
-}
-
 impl<F: Real> Tape<F> {
     /// The reverse sweep from node `root`, seeded with ones or `seed`.
     pub(crate) fn backward_from(&self, root: NodeId, seed: Option<Tensor<F>>) -> Result<Grads<F>> {
@@ -305,30 +247,13 @@ impl<F: Real> Tape<F> {
         }
 
         // Weight gradients deferred to one GEMM per weight and orientation
-        // (see `ops::linalg::flush_deferred`): (weight node id, tb) →
-        // their stacked G_t and A_t nodes. Uses as `a·W` and as `a·Wᵀ` batch
-        // separately: their contributions are Aᵀ·G and Gᵀ·A, not one stacked
-        // product. `pending` counts the G elements still to come for each.
-        let mut deferred: HashMap<(usize, bool), DeferredUses<F>> = HashMap::new();
-        let mut pending = if inner.anomaly {
-            HashMap::new()
-        } else {
-            deferrable_elems(&nodes[..=root])
-        };
-        // The largest weight id with deferred uses: no lookups above it.
-        let mut deferred_max = 0usize;
+        // (see `deferral`); none in anomaly mode, which checks each
+        // contribution as it is made.
+        let mut deferred = Deferrals::count(&nodes[..=root], !inner.anomaly);
 
         for i in (0..=root).rev() {
             let node = &nodes[i];
-            for tb in [false, true] {
-                if deferred.is_empty() || i > deferred_max {
-                    break;
-                }
-                let Some(items) = deferred.remove(&(i, tb)) else {
-                    continue;
-                };
-                flush_into(nodes, &mut slots, pool, (i, tb), items)?;
-            }
+            deferred.flush_weight(i, nodes, &mut slots, pool)?;
             let Some(gy) = slots[i].take() else { continue };
             if !node.inputs.is_empty() {
                 let gy_t = Tensor::from_parts(node.value.shape().into(), gy);
@@ -369,7 +294,7 @@ impl<F: Real> Tape<F> {
                     // Deferred uses are flushed when the sweep reaches the
                     // weight (a leaf, or a reordered weight such as Wᵀ),
                     // before its own rule runs; all its uses come later.
-                    if !inner.anomaly {
+                    if deferred.enabled() {
                         if let Some(tb) = node.op.deferrable(k, x[0]) {
                             defer_to = Some((j, tb));
                             continue;
@@ -395,45 +320,12 @@ impl<F: Real> Tape<F> {
                 }
                 let gy = gy_t.into_vec();
                 match (defer_to, node.retain) {
-                    (Some((j, tb)), retain) => {
+                    (Some(to), retain) => {
                         if retain {
                             slots[i] = Some(gy.clone());
                         }
-                        deferred_max = deferred_max.max(j);
-                        let key = (j, tb);
-                        // A use that does not fit flushes the block before it.
-                        if deferred
-                            .get(&key)
-                            .is_some_and(|u| u.block.len() - u.filled < gy.len())
-                        {
-                            let uses = deferred.remove(&key).expect("just checked");
-                            flush_into(nodes, &mut slots, pool, key, uses)?;
-                        }
-                        // (Counted before the sweep; a miscount would only
-                        // size a block wrongly, never lose a use.)
-                        let left = pending.entry(key).or_default();
-                        let uses = match deferred.entry(key) {
-                            Entry::Occupied(e) => e.into_mut(),
-                            Entry::Vacant(e) => {
-                                // Room for the uses still to come, up to the
-                                // cap that bounds what deferral holds.
-                                let len = (*left).min(DEFER_FLUSH_ELEMS).max(gy.len());
-                                e.insert(DeferredUses {
-                                    block: pool.take(len, "backward")?,
-                                    filled: 0,
-                                    a: Vec::new(),
-                                })
-                            }
-                        };
-                        uses.block[uses.filled..uses.filled + gy.len()].copy_from_slice(&gy);
-                        uses.filled += gy.len();
-                        uses.a.push(node.inputs[0] as usize);
-                        *left = left.saturating_sub(gy.len());
-                        pool.give(gy);
-                        if uses.filled == uses.block.len() {
-                            let uses = deferred.remove(&key).expect("just pushed");
-                            flush_into(nodes, &mut slots, pool, key, uses)?;
-                        }
+                        let a = node.inputs[0] as usize;
+                        deferred.defer(to, gy, a, nodes, &mut slots, pool)?;
                     }
                     (None, true) => slots[i] = Some(gy),
                     (None, false) => pool.give(gy),

@@ -21,6 +21,7 @@
 //! same shapes allocates nothing after its first step.
 
 pub(crate) mod backward;
+mod deferral;
 mod graph;
 pub(crate) mod pool;
 pub(crate) mod scope;
