@@ -1143,6 +1143,62 @@ fn deferred_weight_gradients_over_uneven_uses_flush_early_and_stay_exact() {
     }
 }
 
+/// A reordered weight Wᵀ (a transpose node) as the right operand of every
+/// product form — `a·Wᵀ`, `a·(Wᵀ)ᵀ`, `aᵀ·Wᵀ`, `c + a·Wᵀ`, with small left
+/// operands (deferred) and tall ones (not) — passes its gradient straight
+/// on to W; Wᵀ also feeding an elementwise op keeps a slot of its own,
+/// whose transpose adds into W's. All of it against central differences
+/// (L is linear in W: exact at ε = 1e-2, 1e-6 relative), and with
+/// `retain_grad` on Wᵀ its gradient is the transpose of W's when Wᵀ is
+/// W's only route.
+#[test]
+fn products_with_a_reordered_weight_pass_its_gradient_to_the_source() {
+    for (rows, cols, m) in [(3, 4, 2), (4, 4, 5), (2, 6, 600)] {
+        let inputs = [
+            uniform(&[rows, cols], 1), // W
+            uniform(&[m, cols], 2),    // a for a·Wᵀ
+            uniform(&[m, rows], 3),    // a for a·(Wᵀ)ᵀ
+            uniform(&[cols, m], 4),    // a for aᵀ·Wᵀ
+        ];
+        let opts = GradcheckOptions {
+            eps: 1e-2,
+            ..GradcheckOptions::default()
+        };
+        let report = gradcheck_with(&inputs, opts, |tape, v| {
+            let (w, a, b, c) = (v[0], v[1], v[2], v[3]);
+            let wt = w.transpose(); // [cols, rows]
+            let p1 = a.matmul(wt); // [m, rows]
+            let p2 = b.matmul_t(wt); // [m, cols]
+            let p3 = c.t_matmul(wt); // [m, rows]
+            let p4 = p1.addmm(a, wt); // p1 + a·Wᵀ
+            let elementwise = wt * tape.constant(uniform(&[cols, rows], 9).cast());
+            weighted(p1, &uniform(&[m, rows], 5))
+                + weighted(p2, &uniform(&[m, cols], 6))
+                + weighted(p3, &uniform(&[m, rows], 7))
+                + weighted(p4, &uniform(&[m, rows], 8))
+                + elementwise.sum()
+        });
+        let err = report.max_rel_error();
+        assert!(
+            err <= 1e-6,
+            "W [{rows}×{cols}], m = {m}: relative error {err:e}: {report:?}"
+        );
+
+        // retain_grad on Wᵀ: it keeps its own slot, and it is (∂W)ᵀ.
+        let tape = Tape::<f64>::new();
+        let w = tape.var(uniform(&[rows, cols], 1));
+        let wt = w.transpose().retain_grad();
+        let a = tape.constant(uniform(&[m, cols], 2));
+        let g = weighted(a.matmul(wt), &uniform(&[m, rows], 5)).backward();
+        let (gw, gwt) = (g.wrt(w), g.wrt(wt));
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(gw.data()[r * cols + c], gwt.data()[c * rows + r]);
+            }
+        }
+    }
+}
+
 /// A weight used both as `x·W` and as `v·Wᵀ` in one graph (square and not):
 /// each use's contribution keeps its own orientation.
 #[test]

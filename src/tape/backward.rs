@@ -16,7 +16,7 @@
 //! does not depend on never receive one, so they cost nothing either.
 
 use super::deferral::Deferrals;
-use super::{check_finite, NodeId, Tape, Var};
+use super::{check_finite, Node, NodeId, Tape, Var};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::linalg::LinalgOp;
 use crate::ops::{BackwardCtx, GradSlot, Op};
@@ -224,6 +224,25 @@ impl<F: Real> Grads<F> {
     }
 }
 
+/// The node that receives input `k`'s gradient from `node`, and whether it
+/// is not the input itself but the source W of a reordered weight Wᵀ: a
+/// product's right operand that is a transpose node (one nobody marked with
+/// `retain_grad`) passes its gradient straight on to W
+/// (`LinalgOp::backward_to_source`), so the layers' Wᵀ get no gradient
+/// slot and no transpose back. Any other consumer of the Wᵀ still gives it
+/// a slot, whose rule adds its transpose into W's later: contributions are
+/// additive, so both routes sum to the same gradient.
+pub(super) fn grad_target<F: Real>(nodes: &[Node<F>], node: &Node<F>, k: usize) -> (usize, bool) {
+    let j = node.inputs[k] as usize;
+    if k == 1 && matches!(node.op, Op::Linalg(LinalgOp::Matmul { .. })) {
+        let w = &nodes[j];
+        if matches!(w.op, Op::Linalg(LinalgOp::Transpose)) && !w.retain {
+            return (w.inputs[0] as usize, true);
+        }
+    }
+    (j, false)
+}
+
 impl<F: Real> Tape<F> {
     /// The reverse sweep from node `root`, seeded with ones or `seed`.
     pub(crate) fn backward_from(&self, root: NodeId, seed: Option<Tensor<F>>) -> Result<Grads<F>> {
@@ -291,21 +310,33 @@ impl<F: Real> Tape<F> {
                     if !nodes[j].requires_grad {
                         continue;
                     }
+                    // Anomaly mode runs every rule plainly, each
+                    // contribution into the input's own slot, where it is
+                    // checked below.
+                    let (t, to_source) = match inner.anomaly {
+                        true => (j, false),
+                        false => grad_target(nodes, node, k),
+                    };
                     // Deferred uses are flushed when the sweep reaches the
-                    // weight (a leaf, or a reordered weight such as Wᵀ),
-                    // before its own rule runs; all its uses come later.
+                    // weight, before its own rule runs; all its uses come
+                    // later. Passed on to W, a use of Wᵀ counts as a use of
+                    // W in the other orientation.
                     if deferred.enabled() {
                         if let Some(tb) = node.op.deferrable(k, x[0]) {
-                            defer_to = Some((j, tb));
+                            defer_to = Some((t, tb != to_source));
                             continue;
                         }
                     }
-                    let fresh = slots[j].is_none();
+                    let fresh = slots[t].is_none();
                     if fresh {
-                        slots[j] = Some(pool.take(nodes[j].value.numel(), "backward")?);
+                        slots[t] = Some(pool.take(nodes[t].value.numel(), "backward")?);
                     }
-                    let data = slots[j].as_mut().expect("slot was just filled");
-                    node.op.backward(k, &ctx, GradSlot { data, fresh });
+                    let data = slots[t].as_mut().expect("slot was just filled");
+                    let slot = GradSlot { data, fresh };
+                    match (&node.op, to_source) {
+                        (Op::Linalg(o), true) => o.backward_to_source(&ctx, slot),
+                        _ => node.op.backward(k, &ctx, slot),
+                    }
                 }
                 if inner.anomaly {
                     for &j in &node.inputs {

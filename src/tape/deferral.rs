@@ -18,6 +18,7 @@
 //! Entries are few — one per recurrent weight and orientation — so they sit
 //! in a short `Vec` searched linearly: no hashing on the sweep's path.
 
+use super::backward::grad_target;
 use super::pool::Pool;
 use super::Node;
 use crate::error::Result;
@@ -67,12 +68,13 @@ impl<F: Real> Deferrals<F> {
                 continue;
             };
             for (k, &j) in node.inputs.iter().enumerate() {
-                let j = j as usize;
-                if !nodes[j].requires_grad {
+                if !nodes[j as usize].requires_grad {
                     continue;
                 }
                 if let Some(tb) = node.op.deferrable(k, &nodes[a as usize].value) {
-                    d.entry(j, tb).pending += node.value.numel();
+                    // Where the sweep will send it (the same routing).
+                    let (w, to_source) = grad_target(nodes, node, k);
+                    d.entry(w, tb != to_source).pending += node.value.numel();
                 }
             }
         }
