@@ -248,9 +248,10 @@ proptest! {
 }
 
 /// A batch and width at which the backward sweep flushes the deferred
-/// W_hh and W_ih gradients early (pending G_t ≥ 2²¹ elements: LSTM
-/// B·4H = 16·1024 per step, 128 steps; RNN B·H = 64·512, 64 steps), twice
-/// within the sequence: the same gradients as the reference (f64, ≤ 1e-9).
+/// W_hh gradient early, many times within the sequence (blocks of twice
+/// W_hh's size, 2¹⁹ elements here: LSTM B·4H = 16·1024 per step, every 32
+/// steps of 280; RNN B·H = 64·512, every 16 steps of 140): the same
+/// gradients as the reference (f64, ≤ 1e-9).
 /// The default projection chunks apply (2²⁰ projected elements: 64 and 32
 /// steps here).
 #[test]

@@ -1077,15 +1077,16 @@ proptest! {
 
 /// A weight whose gradient the sweep defers (left operands of ≤ 512 rows)
 /// over uses of uneven sizes that hold more G elements than one deferral
-/// block (2²¹): the sweep flushes early, also when a use does not fit in
-/// what is left of a block (1.2M elements in, a 2.1M one next). The
+/// block (2²¹ for a weight of 2²⁰ elements): the sweep flushes early, also
+/// when a use does not fit in what is left of a block (1.5M elements in,
+/// a 1.6M one next), and sizes the last block to what is left. The
 /// gradient of `Σ_t (x_t·W ⊙ R_t).sum()` is `Σ_t x_tᵀ·R_t` exactly, summed
 /// here element by element: equal to 1e-12 relative (f64, only the
 /// summation order differs), in both orientations.
 #[test]
 fn deferred_weight_gradients_over_uneven_uses_flush_early_and_stay_exact() {
-    let (k, n) = (3, 4096);
-    let rows = [300usize, 512, 1, 450, 77];
+    let (k, n) = (128, 8192);
+    let rows = [100usize, 200, 1, 150, 37];
     let xs: Vec<Tensor<f64>> = (0..rows.len())
         .map(|t| uniform(&[rows[t], k], 10 + t as u64))
         .collect();

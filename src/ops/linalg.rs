@@ -194,15 +194,33 @@ impl LinalgOp {
 /// keep G_t alive longer.
 const DEFER_MAX_ROWS: usize = 512;
 
-/// Pending G_t elements of one weight beyond which the sweep flushes its
-/// deferred uses early (8 MiB in f32; the block they are stacked in holds at
-/// most this many, or one G_t if that is larger): bounds the memory deferral holds on
-/// long sequences, while each flush still stacks ≥ 1024 rows at the batch
-/// sizes where that memory matters (B = 64, 4H = 2048: 16 steps). Measured
-/// at LSTM L, 2 threads (B = 32 per worker): flushing every 2²⁰ elements
-/// made the step about 10% slower than 2²¹ (a GEMM per flush, each reading
-/// and writing the whole [H × 4H] gradient), for 18 MiB less peak memory.
+/// The most G_t elements one weight's deferred uses hold before the sweep
+/// flushes them (8 MiB in f32; one G_t if that is larger): bounds the
+/// memory deferral holds on long sequences, while each flush still stacks
+/// ≥ 1024 rows at the batch sizes where that memory matters (B = 64,
+/// 4H = 2048: 16 steps). Measured at LSTM L, 2 threads (B = 32 per
+/// worker): flushing every 2²⁰ elements made the step about 10% slower
+/// than 2²¹ (a GEMM per flush, each reading and writing the whole
+/// [H × 4H] gradient), for 18 MiB less peak memory.
 pub(crate) const DEFER_FLUSH_ELEMS: usize = 1 << 21;
+
+/// The fewest G_t elements a deferral block is sized for (1 MiB in f32),
+/// when the uses still to come hold that many. Between this and
+/// [`DEFER_FLUSH_ELEMS`] a block holds twice the weight's own size
+/// ([`defer_block_cap`]): small weights flush from a block that stays in
+/// cache while it fills and is read back (LSTM M, alternating runs: 2²¹ →
+/// 2¹⁸ elements took the tape step from 13.61 to 13.07 ms, and 7.24 to 7.02
+/// at B = 16), large ones stack enough rows that the flush's read and write
+/// of the whole gradient stays small against its GEMM.
+pub(crate) const DEFER_BLOCK_MIN: usize = 1 << 18;
+
+/// The cap on one deferral block for a weight of `weight_elems` elements:
+/// 2·weight_elems within [`DEFER_BLOCK_MIN`, `DEFER_FLUSH_ELEMS`].
+pub(crate) fn defer_block_cap(weight_elems: usize) -> usize {
+    weight_elems
+        .saturating_mul(2)
+        .clamp(DEFER_BLOCK_MIN, DEFER_FLUSH_ELEMS)
+}
 
 impl LinalgOp {
     /// Whether the gradient for input `k` of this node may be deferred and

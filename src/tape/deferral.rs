@@ -10,7 +10,8 @@
 //! copied in as it arrives, while it is still in cache, and its own buffer
 //! goes straight back to the pool for the next step's gradients — and the
 //! node ids of their A_t. A block is sized for the uses still to come, at
-//! most [`DEFER_FLUSH_ELEMS`] (or one G_t if that is larger), and is flushed
+//! most `ops::linalg::defer_block_cap` of the weight (twice its size, within
+//! 2¹⁸..=2²¹ elements; or one G_t if that is larger), and is flushed
 //! when it is full, when the next G_t would not fit, or when the sweep
 //! reaches the weight, before the weight's own rule runs (all its uses come
 //! later in the graph, so earlier in the sweep).
@@ -22,7 +23,7 @@ use super::backward::grad_target;
 use super::pool::Pool;
 use super::Node;
 use crate::error::Result;
-use crate::ops::linalg::{flush_deferred, DEFER_FLUSH_ELEMS};
+use crate::ops::linalg::{defer_block_cap, flush_deferred};
 use crate::ops::GradSlot;
 use crate::tensor::Tensor;
 use crate::Real;
@@ -142,17 +143,27 @@ impl<F: Real> Deferrals<F> {
         // (Counted before the sweep; a use the count missed still gets an
         // entry: the count only sizes blocks.)
         let e = self.entry(w, tb);
-        if e.block.len() - e.filled < gy.len() {
-            // Does not fit (or nothing held): flush, then a block for the
-            // uses still to come, up to the cap.
+        let n = gy.len();
+        // The G elements of this use and those still to come.
+        let to_come = e.pending.max(n);
+        e.pending = to_come - n;
+        if e.block.len() - e.filled < n {
+            // Does not fit (or nothing held): flush what is held; the next
+            // block holds this use and those still to come, up to the cap.
             e.flush(nodes, slots, pool)?;
-            let len = e.pending.min(DEFER_FLUSH_ELEMS).max(gy.len());
+            let len = to_come.min(defer_block_cap(nodes[w].value.numel())).max(n);
+            if len == n {
+                // It would hold this G_t alone: G_t is the block (no copy).
+                e.block = gy;
+                e.filled = n;
+                e.a.push(a);
+                return e.flush(nodes, slots, pool);
+            }
             e.block = pool.take(len, "backward")?;
         }
-        e.block[e.filled..e.filled + gy.len()].copy_from_slice(&gy);
-        e.filled += gy.len();
+        e.block[e.filled..e.filled + n].copy_from_slice(&gy);
+        e.filled += n;
         e.a.push(a);
-        e.pending = e.pending.saturating_sub(gy.len());
         pool.give(gy);
         if e.filled == e.block.len() {
             e.flush(nodes, slots, pool)?;
