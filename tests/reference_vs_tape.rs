@@ -252,8 +252,8 @@ proptest! {
 /// W_hh's size, 2¹⁹ elements here: LSTM B·4H = 16·1024 per step, every 32
 /// steps of 280; RNN B·H = 64·512, every 16 steps of 140): the same
 /// gradients as the reference (f64, ≤ 1e-9).
-/// The default projection chunks apply (2²⁰ projected elements: 64 and 32
-/// steps here).
+/// The default projection chunks apply (2¹⁸ projected elements, at least
+/// 512 rows: 32 and 8 steps here).
 #[test]
 fn early_flush_of_deferred_weight_gradients_equals_reference() {
     let s = Sizes {

@@ -25,7 +25,9 @@ pub mod tbptt;
 
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use recurrent::{Gru, Lstm, RecurrentConfig, Rnn, RunOptions, SeqOutput, PROJECTION_ELEMS};
+pub use recurrent::{
+    Gru, Lstm, RecurrentConfig, Rnn, RunOptions, SeqOutput, PROJECTION_ELEMS, PROJECTION_MIN_ROWS,
+};
 pub use state::{State, StateTensors};
 
 /// The uniform bound PyTorch uses for recurrent and linear layers: 1/√fan.
