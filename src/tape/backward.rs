@@ -313,15 +313,16 @@ impl<F: Real> Tape<F> {
                     // Anomaly mode runs every rule plainly, each
                     // contribution into the input's own slot, where it is
                     // checked below.
-                    let (t, to_source) = match inner.anomaly {
-                        true => (j, false),
-                        false => grad_target(nodes, node, k),
+                    let (t, to_source) = if inner.anomaly {
+                        (j, false)
+                    } else {
+                        grad_target(nodes, node, k)
                     };
                     // Deferred uses are flushed when the sweep reaches the
                     // weight, before its own rule runs; all its uses come
                     // later. Passed on to W, a use of Wᵀ counts as a use of
                     // W in the other orientation.
-                    if deferred.enabled() {
+                    if !inner.anomaly {
                         if let Some(tb) = node.op.deferrable(k, x[0]) {
                             defer_to = Some((t, tb != to_source));
                             continue;

@@ -48,8 +48,6 @@ pub(super) struct Deferrals<F> {
     entries: Vec<Entry<F>>,
     /// The largest weight id with an entry: the sweep checks no node above.
     max_weight: usize,
-    /// False in anomaly mode: nothing is deferred.
-    enabled: bool,
 }
 
 impl<F: Real> Deferrals<F> {
@@ -59,7 +57,6 @@ impl<F: Real> Deferrals<F> {
         let mut d = Deferrals {
             entries: Vec::new(),
             max_weight: 0,
-            enabled,
         };
         if !enabled {
             return d;
@@ -80,11 +77,6 @@ impl<F: Real> Deferrals<F> {
             }
         }
         d
-    }
-
-    /// Whether the sweep defers at all (not in anomaly mode).
-    pub(super) fn enabled(&self) -> bool {
-        self.enabled
     }
 
     fn entry(&mut self, weight: usize, tb: bool) -> &mut Entry<F> {
