@@ -34,8 +34,9 @@ struct Bound<'t, F: Real> {
 /// [`PROJECTION_MIN_ROWS`] rows: a chunk this size stays in cache while
 /// its steps read it and while their gradients are added into it, and is
 /// a small part of what a long sequence keeps. Alternating runs, LSTM
-/// B = 32, H = 128, T = 50 (the M benchmark): 14.07 → 13.24 ms per step
-/// with 2¹⁸ instead of 2²⁰ (four chunks of 16 steps instead of one).
+/// B = 32, H = 128, T = 50 (the M benchmark): 13.86 → 13.20 ms per step
+/// with these chunks instead of 2²⁰ elements (four chunks of 16 steps
+/// instead of one).
 pub const PROJECTION_ELEMS: usize = 1 << 18;
 
 /// The fewest rows (steps × batch) one projection chunk has by default,
