@@ -131,20 +131,21 @@ impl LinalgOp {
             }
             LinalgOp::Matmul { ta, tb, .. } => {
                 let a = view(c.x[0], ta);
-                let b = view(c.x[1], tb);
                 let g = view(c.gy, false);
-                let (rows, cols) = dims2(c.x[k]);
+                if k == 1 {
+                    return right_operand_grad(tb, a, g, slot);
+                }
+                let b = view(c.x[1], tb);
+                let (rows, cols) = dims2(c.x[0]);
                 let dst = MatMut::row_major(slot.data, rows, cols);
-                match (k, ta, tb) {
+                match (ta, tb) {
                     // G·Bᵀ with B = Wᵀ a reordered weight: G·W, row-major.
-                    (0, false, false) if c.untransposed[1].is_some() => {
+                    (false, false) if c.untransposed[1].is_some() => {
                         let w = c.untransposed[1].expect("checked");
                         F::gemm(dst, g, view(w, false), acc)
                     }
-                    (0, false, _) => F::gemm(dst, g, b.t(), acc), // G·Bᵀ
-                    (0, true, _) => F::gemm(dst, b, g.t(), acc),  // (G·Bᵀ)ᵀ = B·Gᵀ
-                    (_, _, false) => F::gemm(dst, a.t(), g, acc), // Aᵀ·G
-                    (_, _, true) => F::gemm(dst, g.t(), a, acc),  // (Aᵀ·G)ᵀ = Gᵀ·A
+                    (false, _) => F::gemm(dst, g, b.t(), acc), // G·Bᵀ
+                    (true, _) => F::gemm(dst, b, g.t(), acc),  // (G·Bᵀ)ᵀ = B·Gᵀ
                 }
             }
             LinalgOp::Transpose => {
@@ -178,14 +179,27 @@ impl LinalgOp {
         let LinalgOp::Matmul { ta, tb, .. } = *self else {
             unreachable!("only a product's right operand passes its gradient on")
         };
-        let a = view(c.x[0], ta);
-        let g = view(c.gy, false);
-        let (k, n, acc) = (a.cols, g.cols, !slot.fresh);
-        if tb {
-            F::gemm(MatMut::row_major(slot.data, k, n), a.t(), g, acc)
-        } else {
-            F::gemm(MatMut::row_major(slot.data, n, k), g.t(), a, acc)
-        }
+        // W is b's transpose: the rule of the other orientation.
+        right_operand_grad(!tb, view(c.x[0], ta), view(c.gy, false), slot)
+    }
+}
+
+/// The rule for a product's right operand from A = op(a) [m × k] and
+/// G = ∂L/∂Y [m × n]: Aᵀ·G [k × n] when b is used as is, (Aᵀ·G)ᵀ = Gᵀ·A
+/// [n × k] when b holds Bᵀ (`tb`); written, or added unless `slot` is
+/// fresh. Shared by the plain rule, the rule passed on to a transpose's
+/// source, and the flush of deferred uses (A and G stacked over steps).
+fn right_operand_grad<F: Real>(
+    tb: bool,
+    a: MatRef<'_, F>,
+    g: MatRef<'_, F>,
+    slot: GradSlot<'_, F>,
+) {
+    let (k, n, acc) = (a.cols, g.cols, !slot.fresh);
+    if tb {
+        F::gemm(MatMut::row_major(slot.data, n, k), g.t(), a, acc)
+    } else {
+        F::gemm(MatMut::row_major(slot.data, k, n), a.t(), g, acc)
     }
 }
 
@@ -276,11 +290,7 @@ pub(crate) fn flush_deferred<F: Real>(
     {
         let gv = MatRef::row_major(&g[..rows * n], rows, n);
         let av = MatRef::row_major(stacked.as_deref().unwrap_or(a[0].data()), rows, k);
-        if tb {
-            F::gemm(MatMut::row_major(slot.data, n, k), gv.t(), av, acc);
-        } else {
-            F::gemm(MatMut::row_major(slot.data, k, n), av.t(), gv, acc);
-        }
+        right_operand_grad(tb, av, gv, slot);
     }
     if let Some(buf) = stacked {
         pool.give(buf);
