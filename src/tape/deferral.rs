@@ -139,24 +139,25 @@ impl<F: Real> Deferrals<F> {
         // The G elements of this use and those still to come.
         let to_come = e.pending.max(n);
         e.pending = to_come - n;
-        if e.block.len() - e.filled < n {
+        if e.block.len() - e.filled >= n {
+            e.block[e.filled..e.filled + n].copy_from_slice(&gy);
+            pool.give(gy);
+        } else {
             // Does not fit (or nothing held): flush what is held; the next
-            // block holds this use and those still to come, up to the cap.
+            // block holds this use and those still to come, up to the cap —
+            // and is this G_t itself when it would hold it alone (no copy).
             e.flush(nodes, slots, pool)?;
             let len = to_come.min(defer_block_cap(nodes[w].value.numel())).max(n);
             if len == n {
-                // It would hold this G_t alone: G_t is the block (no copy).
                 e.block = gy;
-                e.filled = n;
-                e.a.push(a);
-                return e.flush(nodes, slots, pool);
+            } else {
+                e.block = pool.take(len, "backward")?;
+                e.block[..n].copy_from_slice(&gy);
+                pool.give(gy);
             }
-            e.block = pool.take(len, "backward")?;
         }
-        e.block[e.filled..e.filled + n].copy_from_slice(&gy);
         e.filled += n;
         e.a.push(a);
-        pool.give(gy);
         if e.filled == e.block.len() {
             e.flush(nodes, slots, pool)?;
         }
@@ -174,8 +175,7 @@ impl<F: Real> Entry<F> {
         pool: &mut Pool<F>,
     ) -> Result<()> {
         if self.a.is_empty() {
-            // An empty block (no use arrived) still goes back.
-            pool.give(std::mem::take(&mut self.block));
+            // Nothing held (a block exists only while a use is held).
             return Ok(());
         }
         let w = self.weight;
