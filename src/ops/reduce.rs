@@ -113,6 +113,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// assert_eq!(s.item(), 6.0);
     /// assert_eq!(s.backward().wrt(x).data(), &[1.0; 6]);
     /// ```
+    #[track_caller]
     pub fn sum(self) -> Var<'t, F> {
         self.reduce(ReduceOp {
             axis: None,
@@ -129,6 +130,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::ones(&[4]));
     /// assert_eq!(x.mean().backward().wrt(x).data(), &[0.25; 4]);
     /// ```
+    #[track_caller]
     pub fn mean(self) -> Var<'t, F> {
         self.reduce(ReduceOp {
             axis: None,

@@ -293,6 +293,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// assert_eq!((-x).backward().wrt(x).item(), -1.0);
     /// ```
     #[allow(clippy::should_implement_trait)]
+    #[track_caller]
     pub fn neg(self) -> Var<'t, F> {
         self.unary(UnaryOp::Affine {
             mul: -F::one(),
@@ -309,6 +310,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::scalar(2.0));
     /// assert_eq!(x.add_scalar(1.5).item(), 3.5);
     /// ```
+    #[track_caller]
     pub fn add_scalar(self, c: F) -> Var<'t, F> {
         self.unary(UnaryOp::Affine {
             mul: F::one(),
@@ -325,6 +327,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::scalar(2.0));
     /// assert_eq!(x.mul_scalar(3.0).backward().wrt(x).item(), 3.0);
     /// ```
+    #[track_caller]
     pub fn mul_scalar(self, c: F) -> Var<'t, F> {
         self.unary(UnaryOp::Affine {
             mul: c,
@@ -341,6 +344,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::scalar(0.25));
     /// assert_eq!(x.rsub_scalar(1.0).item(), 0.75);
     /// ```
+    #[track_caller]
     pub fn rsub_scalar(self, c: F) -> Var<'t, F> {
         self.unary(UnaryOp::Affine {
             mul: -F::one(),
@@ -359,6 +363,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let t = 0.5f64.tanh();
     /// assert!((y.backward().wrt(x).item() - (1.0 - t * t)).abs() < 1e-15);
     /// ```
+    #[track_caller]
     pub fn tanh(self) -> Var<'t, F> {
         self.unary(UnaryOp::Tanh)
     }
@@ -418,6 +423,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// assert_eq!(y.item(), 0.5);
     /// assert_eq!(y.backward().wrt(x).item(), 0.25);
     /// ```
+    #[track_caller]
     pub fn sigmoid(self) -> Var<'t, F> {
         self.unary(UnaryOp::Sigmoid)
     }
@@ -433,6 +439,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let g = x.relu().sum().backward();
     /// assert_eq!(g.wrt(x).data(), &[0.0, 0.0, 1.0]);
     /// ```
+    #[track_caller]
     pub fn relu(self) -> Var<'t, F> {
         self.unary(UnaryOp::Relu)
     }
@@ -446,6 +453,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::scalar(1.0));
     /// assert_eq!(x.exp().backward().wrt(x).item(), 1f64.exp());
     /// ```
+    #[track_caller]
     pub fn exp(self) -> Var<'t, F> {
         self.unary(UnaryOp::Exp)
     }
@@ -459,6 +467,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::scalar(4.0));
     /// assert_eq!(x.log().backward().wrt(x).item(), 0.25);
     /// ```
+    #[track_caller]
     pub fn log(self) -> Var<'t, F> {
         self.unary(UnaryOp::Log)
     }
@@ -472,6 +481,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::scalar(4.0));
     /// assert_eq!(x.sqrt().backward().wrt(x).item(), 0.25);
     /// ```
+    #[track_caller]
     pub fn sqrt(self) -> Var<'t, F> {
         self.unary(UnaryOp::Sqrt)
     }
@@ -485,6 +495,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::scalar(3.0));
     /// assert_eq!(x.powf(2.0).backward().wrt(x).item(), 6.0);
     /// ```
+    #[track_caller]
     pub fn powf(self, p: F) -> Var<'t, F> {
         self.unary(UnaryOp::Powf(p))
     }
@@ -498,6 +509,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let x = tape.var(tapegrad::Tensor::scalar(-3.0));
     /// assert_eq!(x.abs().backward().wrt(x).item(), -1.0);
     /// ```
+    #[track_caller]
     pub fn abs(self) -> Var<'t, F> {
         self.unary(UnaryOp::Abs)
     }

@@ -153,6 +153,17 @@ impl<'t, F: Real> Var<'t, F> {
     /// Asks backward to keep this intermediate var's gradient (PyTorch's
     /// `retain_grad`). Returns the var for chaining.
     ///
+    /// On a constant leaf that nothing has read yet (`tape.zeros(..)`,
+    /// `tape.constant(..)`, a [`Var::detach`]ed value, a state bound with
+    /// `StateTensors::bind`) it also makes the leaf require its gradient,
+    /// as if it had been made with [`Tape::var`]: ∂L/∂h(0) of a zero
+    /// initial state is one call.
+    ///
+    /// # Panics
+    /// On a var that can receive no gradient: a constant that ops have
+    /// already read (they were recorded without a gradient path), or a
+    /// value computed from constants only. See [`Var::try_retain_grad`].
+    ///
     /// ```
     /// use tapegrad::{Tape, Tensor};
     /// let tape = Tape::<f64>::new();
@@ -160,10 +171,69 @@ impl<'t, F: Real> Var<'t, F> {
     /// let h = x.tanh().retain_grad();
     /// let g = (h * 3.0).backward();
     /// assert_eq!(g.wrt(h).item(), 3.0);
+    ///
+    /// let h0 = tape.zeros(&[1, 2]).retain_grad(); // now gradient-receiving
+    /// let g = (h0 + 1.0).tanh().sum().backward();
+    /// assert_eq!(g.wrt(h0).data(), &[1.0 - 1f64.tanh().powi(2); 2]);
     /// ```
+    #[track_caller]
     pub fn retain_grad(self) -> Self {
-        self.tape.inner.borrow_mut().nodes[self.id as usize].retain = true;
-        self
+        or_panic(self.try_retain_grad())
+    }
+
+    /// [`Var::retain_grad`] returning an error of kind
+    /// [`ErrorKind::NoGradient`](crate::ErrorKind::NoGradient) instead of
+    /// panicking, and changing nothing then.
+    ///
+    /// ```
+    /// use tapegrad::{ErrorKind, Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let h0 = tape.zeros(&[2]);
+    /// let _y = h0.tanh();                  // recorded without a gradient path
+    /// let err = h0.try_retain_grad().unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::NoGradient);
+    /// assert!(err.to_string().contains("before"));
+    /// ```
+    pub fn try_retain_grad(self) -> Result<Self> {
+        let mut inner = self.tape.inner.borrow_mut();
+        let id = self.id as usize;
+        let node = &inner.nodes[id];
+        if !node.requires_grad {
+            let shape = node.value.shape().to_vec();
+            let label = inner.scopes.path(node.label);
+            let readers = inner.nodes[id + 1..]
+                .iter()
+                .filter(|n| n.inputs.contains(&self.id))
+                .count();
+            let why = if !node.inputs.is_empty() {
+                "it is computed from constants only, so no gradient reaches it; \
+                 make one of its inputs a var (tape.var, or retain_grad() on a \
+                 constant input before using it)"
+                    .to_string()
+            } else if readers > 0 {
+                format!(
+                    "it is a constant that {readers} op(s) already read without a \
+                     gradient path; call retain_grad() before using it, or create it \
+                     with tape.var(..)"
+                )
+            } else {
+                String::new()
+            };
+            if !why.is_empty() {
+                return Err(crate::Error::new(
+                    crate::ErrorKind::NoGradient,
+                    "retain_grad",
+                    format!(
+                        "var %{} ({shape:?}) can receive no gradient: {why}",
+                        self.id
+                    ),
+                )
+                .with_label(Some(label)));
+            }
+            inner.nodes[id].requires_grad = true;
+        }
+        inner.nodes[id].retain = true;
+        Ok(self)
     }
 
     /// The same value as a constant: the gradient stops here. Used to carry
@@ -319,6 +389,7 @@ binary_operator!(Div, div, div);
 
 impl<'t, F: Real> Neg for Var<'t, F> {
     type Output = Var<'t, F>;
+    #[track_caller]
     fn neg(self) -> Var<'t, F> {
         Var::neg(self)
     }
@@ -326,59 +397,69 @@ impl<'t, F: Real> Neg for Var<'t, F> {
 
 impl<'t, F: Real> Neg for &Var<'t, F> {
     type Output = Var<'t, F>;
+    #[track_caller]
     fn neg(self) -> Var<'t, F> {
         Var::neg(*self)
     }
 }
 
-// Scalars on either side, for the concrete element types (a generic `F` on
-// the left would break the orphan rule).
+// Scalars on either side. An `f64` works with a var of any element type
+// (`x * 3.0` in code generic over `F`; converted with `F::of`), an `f32`
+// with an f32 var. A generic `F` on the left would break the orphan rule;
+// `f64` and `f32` are concrete, so they may stand there.
 macro_rules! scalar_operators {
-    ($t:ty) => {
-        impl<'t> Add<$t> for Var<'t, $t> {
-            type Output = Var<'t, $t>;
-            fn add(self, rhs: $t) -> Var<'t, $t> {
-                self.add_scalar(rhs)
+    ($t:ty, [$($g:tt)*], $f:ty, $of:expr) => {
+        impl<'t, $($g)*> Add<$t> for Var<'t, $f> {
+            type Output = Var<'t, $f>;
+            #[track_caller]
+            fn add(self, rhs: $t) -> Var<'t, $f> {
+                self.add_scalar($of(rhs))
             }
         }
-        impl<'t> Sub<$t> for Var<'t, $t> {
-            type Output = Var<'t, $t>;
-            fn sub(self, rhs: $t) -> Var<'t, $t> {
-                self.add_scalar(-rhs)
+        impl<'t, $($g)*> Sub<$t> for Var<'t, $f> {
+            type Output = Var<'t, $f>;
+            #[track_caller]
+            fn sub(self, rhs: $t) -> Var<'t, $f> {
+                self.add_scalar(-$of(rhs))
             }
         }
-        impl<'t> Mul<$t> for Var<'t, $t> {
-            type Output = Var<'t, $t>;
-            fn mul(self, rhs: $t) -> Var<'t, $t> {
-                self.mul_scalar(rhs)
+        impl<'t, $($g)*> Mul<$t> for Var<'t, $f> {
+            type Output = Var<'t, $f>;
+            #[track_caller]
+            fn mul(self, rhs: $t) -> Var<'t, $f> {
+                self.mul_scalar($of(rhs))
             }
         }
-        impl<'t> Div<$t> for Var<'t, $t> {
-            type Output = Var<'t, $t>;
-            fn div(self, rhs: $t) -> Var<'t, $t> {
-                self.mul_scalar(1.0 / rhs)
+        impl<'t, $($g)*> Div<$t> for Var<'t, $f> {
+            type Output = Var<'t, $f>;
+            #[track_caller]
+            fn div(self, rhs: $t) -> Var<'t, $f> {
+                self.mul_scalar($of(rhs).recip())
             }
         }
-        impl<'t> Add<Var<'t, $t>> for $t {
-            type Output = Var<'t, $t>;
-            fn add(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
-                rhs.add_scalar(self)
+        impl<'t, $($g)*> Add<Var<'t, $f>> for $t {
+            type Output = Var<'t, $f>;
+            #[track_caller]
+            fn add(self, rhs: Var<'t, $f>) -> Var<'t, $f> {
+                rhs.add_scalar($of(self))
             }
         }
-        impl<'t> Sub<Var<'t, $t>> for $t {
-            type Output = Var<'t, $t>;
-            fn sub(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
-                rhs.mul_scalar(-1.0).add_scalar(self)
+        impl<'t, $($g)*> Sub<Var<'t, $f>> for $t {
+            type Output = Var<'t, $f>;
+            #[track_caller]
+            fn sub(self, rhs: Var<'t, $f>) -> Var<'t, $f> {
+                rhs.rsub_scalar($of(self))
             }
         }
-        impl<'t> Mul<Var<'t, $t>> for $t {
-            type Output = Var<'t, $t>;
-            fn mul(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
-                rhs.mul_scalar(self)
+        impl<'t, $($g)*> Mul<Var<'t, $f>> for $t {
+            type Output = Var<'t, $f>;
+            #[track_caller]
+            fn mul(self, rhs: Var<'t, $f>) -> Var<'t, $f> {
+                rhs.mul_scalar($of(self))
             }
         }
     };
 }
 
-scalar_operators!(f32);
-scalar_operators!(f64);
+scalar_operators!(f32, [], f32, std::convert::identity::<f32>);
+scalar_operators!(f64, [F: Real], F, <F as Real>::of);
