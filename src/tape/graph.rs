@@ -1,21 +1,28 @@
 //! Seeing the graph: a readable listing of the tape and a Graphviz DOT
-//! export, both in push (= topological) order.
+//! export, both in push (= topological) order. A bound parameter shows as
+//! `param` followed by its name in the store (`param lstm.weight_hh_l0`).
 
-use super::Tape;
+use super::{Inner, Node, Tape};
+use crate::ops::Op;
 use crate::Real;
+use std::borrow::Cow;
 use std::fmt::{self, Write};
 
 impl<F: Real> Tape<F> {
-    /// A listing, one node a line: id, label, op, output shape, inputs, and
-    /// `*` for nodes that require a gradient.
+    /// A listing, one node a line: id, label, op (a parameter's with its
+    /// name in the store), output shape, inputs, and `*` for nodes that
+    /// require a gradient.
     ///
     /// ```
-    /// use tapegrad::{Tape, Tensor};
+    /// use tapegrad::{ParamStore, Tape, Tensor};
+    /// let mut store = ParamStore::<f32>::new();
+    /// let w = store.insert("lstm.weight_hh_l0", Tensor::ones(&[2]));
     /// let tape = Tape::<f32>::new();
     /// let x = tape.var(Tensor::ones(&[2]));
-    /// let _y = { let _s = tape.scope("act"); x.tanh() };
+    /// let _y = { let _s = tape.scope("act"); (x * tape.param(&store, w)).tanh() };
     /// let text = tape.listing();
     /// assert!(text.contains("%1"));
+    /// assert!(text.contains("param lstm.weight_hh_l0"));
     /// assert!(text.contains("act"));
     /// assert!(text.contains("tanh"));
     /// ```
@@ -38,7 +45,7 @@ impl<F: Real> Tape<F> {
                 "%{i:<5}{} {:<28} {:<26} {:<16} ({})",
                 if n.requires_grad { '*' } else { ' ' },
                 if label.is_empty() { "-".into() } else { label },
-                n.op.name(),
+                op_name(&inner, n),
                 format!("{:?}", n.value.shape()),
                 inputs.join(", ")
             );
@@ -73,7 +80,7 @@ impl<F: Real> Tape<F> {
                 out,
                 "  n{i} [label=\"%{i} {}\\n{}\\n{:?}\"{style}];",
                 escape(&label),
-                escape(&n.op.name()),
+                escape(&op_name(&inner, n)),
                 n.value.shape()
             );
             for j in &n.inputs {
@@ -82,6 +89,17 @@ impl<F: Real> Tape<F> {
         }
         out.push_str("}\n");
         out
+    }
+}
+
+/// The op's name; a parameter's followed by its name in the store.
+fn op_name<F: Real>(inner: &Inner<F>, n: &Node<F>) -> Cow<'static, str> {
+    match &n.op {
+        Op::Param(key) => match inner.param_names.get(key) {
+            Some(name) => format!("param {name}").into(),
+            None => n.op.name(),
+        },
+        op => op.name(),
     }
 }
 

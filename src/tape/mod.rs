@@ -78,6 +78,10 @@ pub(crate) struct Inner<F> {
     /// Parameters bound on this tape, so a parameter used at every time step
     /// is one leaf.
     pub(crate) bound: HashMap<ParamKey, NodeId>,
+    /// The store's name of every parameter ever bound on this tape, for the
+    /// listing and DOT (kept across resets: a key names one parameter for
+    /// good, so a training loop copies each name once, not every step).
+    pub(crate) param_names: HashMap<ParamKey, String>,
     /// Check every value and gradient for NaN/Inf as it is produced.
     pub(crate) anomaly: bool,
 }
@@ -117,6 +121,7 @@ impl<F: Real> Tape<F> {
                 pool: Pool::default(),
                 scopes: Scopes::default(),
                 bound: HashMap::new(),
+                param_names: HashMap::new(),
                 anomaly: false,
             }),
         }
@@ -367,7 +372,12 @@ impl<F: Real> Tape<F> {
             Tensor::from_parts(src.shape().into(), buf)
         };
         let v = self.push_leaf(Op::Param(key), value, true);
-        self.inner.borrow_mut().bound.insert(key, v.id());
+        let mut inner = self.inner.borrow_mut();
+        inner.bound.insert(key, v.id());
+        inner
+            .param_names
+            .entry(key)
+            .or_insert_with(|| store.name(key).to_string());
         Ok(v)
     }
 
