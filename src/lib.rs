@@ -58,7 +58,11 @@
 //!   decoding ([`models::Seq2Seq`]).
 //! - [`parallel`]: data-parallel training over batch shards, one tape per
 //!   core, gradients summed ([`DataParallel`]).
-//! - [`gradcheck`]: finite-difference checks of any function of vars.
+//! - [`gradcheck`]: finite-difference checks of any function of vars, or
+//!   of a model's parameters in a [`ParamStore`]
+//!   ([`gradcheck::gradcheck_params`], [`gradcheck::gradcheck_store`]).
+//! - [`init`]: PyTorch's initialisers (uniform ±1/√fan, Xavier/Glorot,
+//!   orthogonal) for weights you build yourself.
 //!
 //! ## Error policy
 //!
@@ -95,6 +99,7 @@
 pub mod checkpoint;
 mod error;
 pub mod gradcheck;
+pub mod init;
 pub mod layers;
 pub mod models;
 mod nonlinearity;

@@ -30,9 +30,10 @@ pub use recurrent::{
 };
 pub use state::{State, StateTensors};
 
-/// The uniform bound PyTorch uses for recurrent and linear layers: 1/√fan.
+/// The uniform bound PyTorch uses for recurrent and linear layers: 1/√fan
+/// (the public [`crate::init::uniform_bound`]).
 pub(crate) fn init_bound(fan: usize) -> f64 {
-    1.0 / (fan.max(1) as f64).sqrt()
+    crate::init::uniform_bound(fan)
 }
 
 /// A seed for parameter `index` of a layer seeded with `seed`.
