@@ -34,7 +34,9 @@
 //! - the container: the 8-byte header length, the JSON header, the offsets
 //!   (a truncated, padded or corrupt file is rejected, never read past);
 //! - every parameter of the store is in the file (**missing**), with the
-//!   store's dtype and shape (**mismatch**);
+//!   store's dtype and shape (**mismatch**; an f32 file loads into an f64
+//!   store, or back, when asked: [`load_with`] and
+//!   [`LoadOptions::convert_dtype`]);
 //! - every non-`optim.` tensor in the file is a parameter of the store: an
 //!   **unexpected** tensor is an error, as with PyTorch's
 //!   `load_state_dict(strict=True)`, because it almost always means a
@@ -98,6 +100,34 @@ pub struct Checkpoint {
     pub metadata: BTreeMap<String, String>,
     /// Number of parameter tensors (not counting optimizer buffers).
     pub num_params: usize,
+    /// Every tensor of the file (parameters and `optim.` buffers), sorted
+    /// by name, with its dtype and shape.
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// One tensor of a checkpoint file, as [`inspect`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The tensor's name (`lstm.weight_hh_l0`, `optim.exp_avg.decoder.bias`).
+    pub name: String,
+    /// The safetensors dtype as written in the file (`F32`, `F64`, …).
+    pub dtype: String,
+    /// The shape.
+    pub shape: Vec<usize>,
+}
+
+/// Options of [`from_bytes_with`] and [`load_with`].
+///
+/// ```
+/// use tapegrad::checkpoint::LoadOptions;
+/// assert!(!LoadOptions::default().convert_dtype); // refuse by default
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Convert tensors saved as f32 into an f64 store (exact) or saved as
+    /// f64 into an f32 store (rounded to nearest) instead of refusing the
+    /// dtype mismatch. Names and shapes are checked as always.
+    pub convert_dtype: bool,
 }
 
 fn format_err(op: &str, message: impl Into<String>) -> Error {
@@ -360,12 +390,22 @@ fn summary(p: &Parsed<'_>, op: &str) -> Result<Checkpoint> {
             .iter()
             .filter(|(n, _)| !n.starts_with(OPTIM_PREFIX))
             .count(),
+        tensors: p
+            .tensors
+            .iter()
+            .map(|(name, e)| TensorInfo {
+                name: name.clone(),
+                dtype: e.dtype.to_string(),
+                shape: e.shape.clone(),
+            })
+            .collect(),
     })
 }
 
-/// Reads the summary (step, optimizer kind, metadata) of checkpoint bytes
-/// without a store, e.g. to learn a model's sizes before building it. The
-/// whole container is validated.
+/// Reads the summary (step, optimizer kind, metadata, and the name, dtype
+/// and shape of every tensor) of checkpoint bytes without a store, e.g. to
+/// learn a model's sizes before building it. The whole container is
+/// validated.
 ///
 /// # Errors
 /// [`ErrorKind::Format`] for a malformed file.
@@ -378,6 +418,8 @@ fn summary(p: &Parsed<'_>, op: &str) -> Result<Checkpoint> {
 /// let bytes = checkpoint::to_bytes(&store, None, 5, &meta).unwrap();
 /// let info = checkpoint::inspect(&bytes).unwrap();
 /// assert_eq!((info.step, info.num_params, info.metadata["hidden"].as_str()), (5, 1, "32"));
+/// assert_eq!((info.tensors[0].name.as_str(), info.tensors[0].dtype.as_str()), ("w", "F32"));
+/// assert_eq!(info.tensors[0].shape, vec![1]);
 /// ```
 pub fn inspect(bytes: &[u8]) -> Result<Checkpoint> {
     const OP: &str = "checkpoint::inspect";
@@ -413,16 +455,26 @@ fn stage<F: Real>(
     view: &Entry<'_>,
     want_dtype: Dtype,
     want_shape: &[usize],
-    what: &str,
-    op: &str,
+    (what, op, opts): (&str, &str, LoadOptions),
 ) -> Result<Tensor<F>> {
-    if view.dtype != want_dtype {
+    let convertible = matches!(view.dtype, Dtype::F32 | Dtype::F64);
+    let from_dtype = if opts.convert_dtype && convertible {
+        view.dtype
+    } else {
+        want_dtype
+    };
+    if view.dtype != from_dtype {
         return Err(format_err(
             op,
             format!(
-                "tensor `{name}`: dtype {} in the file, {what} holds {} ({want_dtype})",
+                "tensor `{name}`: dtype {} in the file, {what} holds {} ({want_dtype}){}",
                 view.dtype,
-                F::NAME
+                F::NAME,
+                if convertible {
+                    "; load with `LoadOptions { convert_dtype: true }` to convert"
+                } else {
+                    ""
+                }
             ),
         ));
     }
@@ -435,7 +487,7 @@ fn stage<F: Real>(
             ),
         ));
     }
-    let data = decode::<F>(view.data, want_dtype).ok_or_else(|| {
+    let data = decode::<F>(view.data, from_dtype).ok_or_else(|| {
         format_err(
             op,
             format!(
@@ -474,6 +526,36 @@ pub fn from_bytes<F: Real>(
     store: &mut ParamStore<F>,
     optimizer: Option<&mut dyn Optimizer<F>>,
 ) -> Result<Checkpoint> {
+    from_bytes_with(bytes, store, optimizer, LoadOptions::default())
+}
+
+/// [`from_bytes`] with [`LoadOptions`]: with `convert_dtype`, an f32 file
+/// loads into an f64 store (and optimizer) and back.
+///
+/// # Errors
+/// As [`from_bytes`].
+///
+/// ```
+/// use tapegrad::checkpoint::{self, LoadOptions};
+/// use tapegrad::{ErrorKind, ParamStore, Tensor};
+/// let mut a = ParamStore::<f32>::new();
+/// a.insert("w", Tensor::from_vec(vec![0.1f32, -2.5], &[2]).unwrap());
+/// let bytes = checkpoint::to_bytes(&a, None, 0, &Default::default()).unwrap();
+///
+/// let mut b = ParamStore::<f64>::new();
+/// let w = b.insert("w", Tensor::zeros(&[2]));
+/// let refused = checkpoint::from_bytes(&bytes, &mut b, None).unwrap_err();
+/// assert!(refused.message().contains("convert_dtype"));
+/// let opts = LoadOptions { convert_dtype: true };
+/// checkpoint::from_bytes_with(&bytes, &mut b, None, opts).unwrap();
+/// assert_eq!(b.get(w).data(), &[0.1f32 as f64, -2.5]); // f32 → f64 is exact
+/// ```
+pub fn from_bytes_with<F: Real>(
+    bytes: &[u8],
+    store: &mut ParamStore<F>,
+    optimizer: Option<&mut dyn Optimizer<F>>,
+    opts: LoadOptions,
+) -> Result<Checkpoint> {
     const OP: &str = "checkpoint::load";
     let dtype = dtype_of::<F>().ok_or_else(|| {
         Error::new(
@@ -505,7 +587,10 @@ pub fn from_bytes<F: Real>(
             )
         })?;
         let want = store.get(key).shape().to_vec();
-        staged.push((key, stage(name, view, dtype, &want, "the store", OP)?));
+        staged.push((
+            key,
+            stage(name, view, dtype, &want, ("the store", OP, opts))?,
+        ));
     }
     if staged.len() != store.len() {
         let in_file: std::collections::HashSet<ParamKey> = staged.iter().map(|(k, _)| *k).collect();
@@ -553,7 +638,7 @@ pub fn from_bytes<F: Real>(
             let shape = view.shape.to_vec();
             tensors.push((
                 buffer.to_string(),
-                stage(&name, view, dtype, &shape, "the optimizer", OP)?,
+                stage(&name, view, dtype, &shape, ("the optimizer", OP, opts))?,
             ));
         }
         let state = OptimizerState {
@@ -609,7 +694,20 @@ pub fn load<F: Real>(
     store: &mut ParamStore<F>,
     optimizer: Option<&mut dyn Optimizer<F>>,
 ) -> Result<Checkpoint> {
+    load_with(path, store, optimizer, LoadOptions::default())
+}
+
+/// [`load`] with [`LoadOptions`] (see [`from_bytes_with`]).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with<F: Real>(
+    path: impl AsRef<Path>,
+    store: &mut ParamStore<F>,
+    optimizer: Option<&mut dyn Optimizer<F>>,
+    opts: LoadOptions,
+) -> Result<Checkpoint> {
     let path = path.as_ref();
     let bytes = read(path, "checkpoint::load")?;
-    from_bytes(&bytes, store, optimizer).map_err(|e| with_path(e, path))
+    from_bytes_with(&bytes, store, optimizer, opts).map_err(|e| with_path(e, path))
 }

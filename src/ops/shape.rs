@@ -7,6 +7,14 @@
 //! `gy` into its window of the input's gradient *in place* (the first slice
 //! to arrive zeroes the buffer once), so splitting a [T·B×4H] tensor into T
 //! steps costs O(T) in backward, not O(T²); gather scatter-adds rows.
+//!
+//! Argument order: the ops that join or cut into several parts take the
+//! parts first and **the axis last** — `Var::concat(&parts, axis)`,
+//! `Var::stack(&parts, axis)`, `x.chunk(parts, axis)` — as PyTorch's
+//! `cat`, `stack` and `chunk` do. `x.slice(axis, start, len)` is PyTorch's
+//! `narrow(dim, start, length)`. [`Var::split`]`(axis, parts)` is the
+//! older spelling of `chunk` with the arguments the other way round, kept
+//! so existing code compiles; prefer `chunk`.
 
 use super::{BackwardCtx, GradSlot, Op};
 use crate::error::{Error, ErrorKind, Result};
@@ -293,13 +301,36 @@ impl<'t, F: Real> Var<'t, F> {
         })
     }
 
-    /// Splits into `parts` equal windows along `axis` (an LSTM's 4H gate
-    /// pre-activations into i, f, g, o).
+    /// Cuts into `parts` equal windows along `axis` (an LSTM's 4H gate
+    /// pre-activations into i, f, g, o): PyTorch's `chunk`, with the axis
+    /// last like [`Var::concat`], whose inverse it is.
     ///
     /// Gradient: as [`Var::slice`], each window's gradient added in place.
     ///
     /// # Panics
-    /// If the axis length is not divisible by `parts`.
+    /// If `parts` is 0, the axis is out of range, or its length is not
+    /// divisible by `parts`.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor, Var};
+    /// let tape = Tape::<f64>::new();
+    /// let z = tape.var(Tensor::from_fn(&[1, 8], |i| i as f64));
+    /// let g = z.chunk(4, 1);
+    /// assert_eq!(g[2].value().data(), &[4.0, 5.0]);
+    /// assert_eq!(Var::concat(&g, 1).value().data(), z.value().data());
+    /// ```
+    #[track_caller]
+    pub fn chunk(self, parts: usize, axis: usize) -> Vec<Var<'t, F>> {
+        self.split_impl(axis, parts, "chunk")
+    }
+
+    /// [`Var::chunk`] with the arguments the other way round,
+    /// `split(axis, parts)`: the older spelling, kept so existing code
+    /// compiles. Prefer `x.chunk(parts, axis)`, whose order matches
+    /// [`Var::concat`].
+    ///
+    /// # Panics
+    /// As [`Var::chunk`].
     ///
     /// ```
     /// use tapegrad::{Tape, Tensor};
@@ -310,11 +341,16 @@ impl<'t, F: Real> Var<'t, F> {
     /// ```
     #[track_caller]
     pub fn split(self, axis: usize, parts: usize) -> Vec<Var<'t, F>> {
+        self.split_impl(axis, parts, "split")
+    }
+
+    #[track_caller]
+    fn split_impl(self, axis: usize, parts: usize, name: &str) -> Vec<Var<'t, F>> {
         let shape = self.shape();
         let n = shape.get(axis).copied().unwrap_or(0);
         if parts == 0 || axis >= shape.len() || n % parts != 0 {
             crate::error::or_panic::<()>(Err(Error::shape(
-                "split",
+                name,
                 format!(
                     "cannot split axis {axis} of {:?} into {parts} equal parts",
                     shape.as_slice()
