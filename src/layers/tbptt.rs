@@ -17,8 +17,18 @@
 //! let spans: Vec<_> = plan.iter().map(|w| (w.start, w.loss_from, w.end)).collect();
 //! assert_eq!(spans, vec![(0, 0, 2), (1, 2, 4), (3, 4, 6)]);
 //! ```
+//!
+//! [`Tbptt::train`] is the whole training loop over one sequence: for each
+//! window it calls your closure (any model — a built-in layer or your own
+//! cell — on a reset tape, given the carried state), backpropagates the
+//! window's loss, optionally clips the gradient norm, steps the optimizer
+//! (once per window, i.e. every k1 steps) and carries the state your
+//! closure copied out at `carry_at` into the next window.
+//! `examples/tbptt_loop.rs` trains an LSTM with it.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::optim::{clip_grad_norm, Optimizer};
+use crate::{ParamStore, Real, Tape, Var};
 
 /// A BPTT(k2; k1) schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +93,160 @@ impl Tbptt {
         }
         out
     }
+
+    /// Trains on one sequence of `len` steps with this schedule: for each
+    /// [`Window`] of [`Tbptt::windows`]`(len)`, in order,
+    ///
+    /// 1. `window(tape, store, w, carried)` runs the model on the steps
+    ///    `w.start..w.end` from the `carried` state (bind it as constants,
+    ///    e.g. [`StateTensors::bind`](super::StateTensors::bind), so the
+    ///    gradient stops at the window's start), and returns the loss of
+    ///    the steps `w.loss_from..w.end` (a scalar) and the state after
+    ///    the steps `w.start..w.carry_at`, copied out as values (e.g.
+    ///    [`State::to_tensors`](super::State::to_tensors)); with k1 = k2,
+    ///    `carry_at` is `end`: the state after the window;
+    /// 2. one reverse sweep from that loss;
+    /// 3. if `clip_norm` is set, the global gradient norm is clipped to it
+    ///    ([`clip_grad_norm`]);
+    /// 4. one optimizer step; the tape is reset (its buffers reused);
+    /// 5. the returned state becomes `carried` for the next window.
+    ///
+    /// `init` is the state the first window starts from. Returns each
+    /// window's loss and the state carried out of the last window (the
+    /// state after the whole sequence), to continue with the next one.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NonFinite`] if a window's gradient norm is NaN or ∞;
+    /// that window's update is skipped and the loop stops there (earlier
+    /// windows' updates stay).
+    ///
+    /// # Panics
+    /// If the closure returns a loss with more than one element, or as the
+    /// closure itself panics.
+    ///
+    /// ```
+    /// use tapegrad::layers::tbptt::{Tbptt, WindowOutput};
+    /// use tapegrad::layers::{Linear, Lstm, RecurrentConfig};
+    /// use tapegrad::optim::Adam;
+    /// use tapegrad::{ParamStore, Reduction, Tape, Tensor};
+    ///
+    /// let (len, b, i, h) = (24, 2, 3, 8);
+    /// let mut store = ParamStore::<f32>::new();
+    /// let lstm = Lstm::new(&mut store, "lstm", RecurrentConfig::new(i, h), 1);
+    /// let head = Linear::new(&mut store, "head", h, 2, true, 2);
+    /// let x = Tensor::<f32>::randn(&[len, b, i], 3);
+    /// let y: Vec<usize> = (0..len * b).map(|k| k % 2).collect();
+    /// let (mut tape, mut opt) = (Tape::new(), Adam::new(0.01));
+    /// let init = lstm.zero_state(&tape, b).to_tensors();
+    /// tape.reset();
+    ///
+    /// let plan = Tbptt::new(6, 6).unwrap(); // k1 = k2 = 6: carry_at = end
+    /// let run = plan.train(len, &mut tape, &mut store, &mut opt, init, Some(1.0),
+    ///     |tape, store, w, carried| {
+    ///         let steps = w.end - w.start;
+    ///         let xs = tape.constant_from_slice(&x.data()[w.start * b * i..w.end * b * i], &[steps, b, i]);
+    ///         let out = lstm.forward(tape, store, xs, Some(&carried.bind(tape)));
+    ///         let loss = head
+    ///             .forward(tape, store, out.stacked_rows())
+    ///             .cross_entropy(&y[w.start * b..w.end * b], Reduction::Mean);
+    ///         WindowOutput { loss, carry: out.state.to_tensors() }
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(run.losses.len(), 4); // 24 steps, an update every 6
+    /// assert_eq!(run.state.h[0].shape(), &[b, h]);
+    /// ```
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn train<F, S, M>(
+        &self,
+        len: usize,
+        tape: &mut Tape<F>,
+        store: &mut ParamStore<F>,
+        optimizer: &mut dyn Optimizer<F>,
+        init: S,
+        clip_norm: Option<f64>,
+        mut window: M,
+    ) -> Result<TbpttRun<S>>
+    where
+        F: Real,
+        M: for<'t> FnMut(&'t Tape<F>, &ParamStore<F>, Window, &S) -> WindowOutput<'t, F, S>,
+    {
+        let mut carried = init;
+        let mut losses = Vec::new();
+        for w in self.windows(len) {
+            let (loss, next, mut grads) = {
+                let out = window(&*tape, &*store, w, &carried);
+                let shape = out.loss.shape();
+                if shape.iter().product::<usize>() != 1 {
+                    crate::error::or_panic::<()>(Err(Error::shape(
+                        "Tbptt::train",
+                        format!(
+                            "the window closure returned a loss of shape {:?} for steps {}..{}; \
+                             it must be a scalar (reduce it, e.g. with `.sum()` or `.mean()`)",
+                            shape.as_slice(),
+                            w.loss_from,
+                            w.end
+                        ),
+                    )));
+                }
+                (
+                    out.loss.item().to_f64_lossy(),
+                    out.carry,
+                    out.loss.backward(),
+                )
+            };
+            let norm = match clip_norm {
+                Some(max) => clip_grad_norm(&mut grads, max, true),
+                None => {
+                    let n = grads.params_norm();
+                    if n.is_finite() {
+                        Ok(n)
+                    } else {
+                        Err(Error::new(
+                            ErrorKind::NonFinite,
+                            "Tbptt::train",
+                            format!(
+                                "the gradient norm of the window of steps {}..{} is {n}",
+                                w.loss_from, w.end
+                            ),
+                        ))
+                    }
+                }
+            };
+            if let Err(e) = norm {
+                tape.reset_with(grads);
+                return Err(e);
+            }
+            optimizer.step(store, &grads);
+            tape.reset_with(grads);
+            losses.push(loss);
+            carried = next;
+        }
+        Ok(TbpttRun {
+            losses,
+            state: carried,
+        })
+    }
+}
+
+/// What the window closure of [`Tbptt::train`] returns.
+#[derive(Debug)]
+pub struct WindowOutput<'t, F: Real, S> {
+    /// The loss of the window's counted steps `loss_from..end`, a scalar.
+    pub loss: Var<'t, F>,
+    /// The state after the steps `start..carry_at`, as values (no tape
+    /// nodes), for the next window to start from.
+    pub carry: S,
+}
+
+/// What [`Tbptt::train`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TbpttRun<S> {
+    /// Each window's loss, in order (one per optimizer step).
+    pub losses: Vec<f64>,
+    /// The state carried out of the last window: the state after the
+    /// sequence.
+    pub state: S,
 }
 
 #[cfg(test)]
