@@ -151,17 +151,46 @@ impl<F: Real> CharModel<F> {
     /// from `seed`.
     ///
     /// # Panics
-    /// If a size is 0 or the vocabulary is empty.
+    /// If the vocabulary is empty, a size is 0 or the dropout probability
+    /// is outside [0, 1); see [`CharModel::try_new`].
     #[track_caller]
     pub fn new(vocab: Vocab, config: CharModelConfig, seed: u64) -> Self {
-        assert!(
-            !vocab.is_empty()
-                && config.embed_size > 0
-                && config.hidden_size > 0
-                && config.num_layers > 0,
-            "tapegrad: CharModel::new: the vocabulary and every size must be non-empty, got {} characters and {config:?}",
-            vocab.len()
-        );
+        crate::error::or_panic(Self::try_new(vocab, config, seed))
+    }
+
+    /// [`CharModel::new`] returning an error for what usually comes from
+    /// data or a command line: an empty vocabulary (an empty corpus), a
+    /// size of 0, a dropout probability outside [0, 1).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] saying which.
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, Vocab};
+    /// use tapegrad::ErrorKind;
+    /// let empty = Vocab::from_text(""); // an empty corpus
+    /// let err = CharModel::<f32>::try_new(empty, CharModelConfig::default(), 0).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    /// assert!(err.message().contains("empty"));
+    /// assert!(CharModel::<f32>::try_new(Vocab::from_text("ab"), CharModelConfig::default().hidden_size(4), 0).is_ok());
+    /// ```
+    pub fn try_new(vocab: Vocab, config: CharModelConfig, seed: u64) -> Result<Self> {
+        let invalid = |m: String| Error::new(ErrorKind::InvalidArgument, "CharModel::new", m);
+        if vocab.is_empty() {
+            return Err(invalid(
+                "the vocabulary is empty (was the corpus empty?): a model needs at least one character"
+                    .into(),
+            ));
+        }
+        if config.embed_size == 0 || config.hidden_size == 0 || config.num_layers == 0 {
+            return Err(invalid(format!("every size must be > 0, got {config:?}")));
+        }
+        if !(0.0..1.0).contains(&config.dropout) {
+            return Err(invalid(format!(
+                "the dropout probability {} is not in [0, 1)",
+                config.dropout
+            )));
+        }
         let v = vocab.len();
         let mut store = ParamStore::new();
         let encoder = Embedding::new(&mut store, "encoder", v, config.embed_size, seed);
@@ -181,14 +210,14 @@ impl<F: Real> CharModel<F> {
             true,
             derive_seed(seed, 2),
         );
-        CharModel {
+        Ok(CharModel {
             config,
             vocab,
             store,
             encoder,
             lstm,
             decoder,
-        }
+        })
     }
 
     /// The sizes.
@@ -704,7 +733,13 @@ impl<F: Real> CharModel<F> {
                 ),
             ));
         }
-        Ok(Self::new(vocab, config, 0))
+        Self::try_new(vocab, config, 0).map_err(|e| {
+            Error::new(
+                ErrorKind::Format,
+                "CharModel::load",
+                format!("metadata: {}", e.message()),
+            )
+        })
     }
 }
 

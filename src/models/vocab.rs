@@ -91,6 +91,23 @@ impl Vocab {
         self.chars.get(id).copied()
     }
 
+    /// The distinct characters of `text` that are not in the vocabulary,
+    /// sorted: what [`Vocab::encode`] would stumble on, all at once (to
+    /// check a prompt or a corpus before a long run).
+    ///
+    /// ```
+    /// use tapegrad::models::Vocab;
+    /// let v = Vocab::from_text("the raven");
+    /// assert_eq!(v.missing("Quoth the raven"), vec!['Q', 'o', 'u']);
+    /// assert!(v.missing("never").is_empty());
+    /// ```
+    pub fn missing(&self, text: &str) -> Vec<char> {
+        let mut out: Vec<char> = text.chars().filter(|&c| self.id(c).is_none()).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The ids of the characters of `text`.
     ///
     /// # Errors
