@@ -9,6 +9,15 @@
 //! Writes into `--out` (default `out/char_lstm`): `checkpoint.safetensors`
 //! (PyTorch names and dtypes, plus the Adam state and the step), `loss.svg`
 //! and `loss.csv` (train and validation bits per character), `sample.txt`.
+//!
+//! It never loses work: everything that can be checked before training is
+//! (flags, the corpus, the prompt against the vocabulary, a resumed
+//! checkpoint's vocabulary against the corpus), so bad input fails in one
+//! line before a step is run and before `--out` is created; a checkpoint is
+//! saved every `--checkpoint-every` steps and at the end, before anything
+//! else is written; a run that trains no step writes nothing. The tests at
+//! the end of this file run it on tiny corpora (`cargo test --example
+//! char_lstm`, part of `cargo test`).
 
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
@@ -33,7 +42,7 @@ usage: cargo run --release --example char_lstm -- [options]
   --seq-len N           truncated-BPTT length in characters [64]
   --batch N             parallel streams per step [32]
   --steps N             training steps (total, counting resumed ones) [1200]
-  --lr X                peak learning rate [0.004]
+  --lr X                peak learning rate, > 0 [0.004]
   --warmup N            linear warm-up steps, then cosine decay to lr/10 [50]
   --optimizer NAME      adam | adamw | sgd | adagrad | rmsprop [adam]
   --clip X              clip the global gradient norm to X (0 = off) [1]
@@ -45,9 +54,9 @@ usage: cargo run --release --example char_lstm -- [options]
   --val-fraction X      share of the corpus (its end) held out [0.05]
   --eval-every N        validation loss every N steps [200]
   --sample-every N      print a sample every N steps [400]
-  --checkpoint-every N  save a checkpoint every N steps [400]
+  --checkpoint-every N  save a checkpoint every N steps, and always after the last [400]
   --sample-len N        characters per sample [300]
-  --prompt TEXT         sample prompt [\"And the LORD said unto Moses, \"]
+  --prompt TEXT         sample prompt, characters of the corpus [\"And the LORD said unto Moses, \"]
   --temperature X       sampling temperature [0.8]
   --top-k N             sample among the k likeliest characters (0 = all) [10]
   --out DIR             output directory [out/char_lstm]
@@ -116,12 +125,12 @@ impl Default for Args {
     }
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
         v.parse().map_err(|_| format!("{flag}: cannot parse `{v}`"))
     }
     let mut a = Args::default();
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             print!("{USAGE}");
@@ -186,7 +195,85 @@ fn parse_args() -> Result<Args, String> {
             return Err(format!("{name} must be > 0"));
         }
     }
+    check_hyper_parameters(&a)?;
     Ok(a)
+}
+
+/// The real-valued flags, refused as clearly as `--dropout 1.5` is when
+/// out of range (a negative learning rate would train by gradient ascent).
+fn check_hyper_parameters(a: &Args) -> Result<(), String> {
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        return Err(format!("--lr {} must be a finite number > 0", a.lr));
+    }
+    if !(a.clip.is_finite() && a.clip >= 0.0) {
+        return Err(format!(
+            "--clip {} must be a finite number ≥ 0 (0 = off)",
+            a.clip
+        ));
+    }
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        return Err(format!(
+            "--temperature {} must be a finite number ≥ 0 (0 = greedy)",
+            a.temperature
+        ));
+    }
+    if a.prompt.is_empty() {
+        return Err("--prompt must hold at least one character".into());
+    }
+    Ok(())
+}
+
+/// Characters of `text` outside `vocab`, quoted for a message.
+fn quoted(chars: &[char]) -> String {
+    chars
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The prompt must be sampleable: checked before training, not after.
+fn check_prompt(prompt: &str, vocab: &Vocab) -> Result<(), String> {
+    let missing = vocab.missing(prompt);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "--prompt {prompt:?}: {} not in the model's vocabulary ({} characters of the corpus); \
+         choose a prompt made of the corpus's characters",
+        match missing.len() {
+            1 => format!("character {} is", quoted(&missing)),
+            _ => format!("characters {} are", quoted(&missing)),
+        },
+        vocab.len()
+    ))
+}
+
+/// A resumed model must be able to read the corpus: say how the
+/// checkpoint's vocabulary and the corpus's differ.
+fn check_resume_vocab(path: &Path, model: &Vocab, text: &str) -> Result<(), String> {
+    let missing = model.missing(text);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let corpus = Vocab::from_text(text);
+    let unused = corpus.missing(&model.as_string());
+    let mut msg = format!(
+        "--resume {}: the checkpoint's vocabulary ({} characters) differs from the corpus's ({} \
+         characters): the corpus has {} that the checkpoint lacks",
+        path.display(),
+        model.len(),
+        corpus.len(),
+        quoted(&missing)
+    );
+    if !unused.is_empty() {
+        msg.push_str(&format!(
+            ", and the checkpoint has {} that the corpus lacks",
+            quoted(&unused)
+        ));
+    }
+    msg.push_str("; resume on the corpus the checkpoint was trained on (--corpus)");
+    Err(msg)
 }
 
 fn make_optimizer(kind: &str, lr: f64) -> Result<Box<dyn Optimizer<f32>>, String> {
@@ -319,7 +406,7 @@ fn say(pb: &ProgressBar, line: &str) {
 }
 
 fn main() {
-    let args = match parse_args() {
+    let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("char_lstm: {e}");
@@ -332,13 +419,32 @@ fn main() {
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+/// What a run wrote: nothing is claimed that was not written.
+#[derive(Debug, Default)]
+struct Report {
+    /// Training steps run by this invocation.
+    trained: u64,
+    /// The checkpoint, if this run saved one (and the step it holds).
+    checkpoint: Option<(PathBuf, u64)>,
+    /// Every other file written.
+    written: Vec<PathBuf>,
+}
+
+fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     tapegrad::set_num_threads(args.threads);
     let text = std::fs::read_to_string(&args.corpus)
         .map_err(|e| format!("cannot read corpus `{}`: {e}", args.corpus.display()))?;
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| format!("cannot create `{}`: {e}", args.out.display()))?;
+    if text.is_empty() {
+        return Err(format!("corpus `{}` is empty", args.corpus.display()).into());
+    }
     let ckpt_path = args.out.join("checkpoint.safetensors");
+    // `--out` is created just before the first file goes into it, so a run
+    // refused before training leaves nothing behind.
+    let make_out = || {
+        std::fs::create_dir_all(&args.out)
+            .map_err(|e| format!("cannot create `{}`: {e}", args.out.display()))
+    };
+    let mut report = Report::default();
 
     // The model, the optimizer and the curves: fresh, or from a checkpoint.
     let (mut model, mut opt, start, mut curves) = match &args.resume {
@@ -349,6 +455,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             })?;
             let mut opt = make_optimizer(&kind, args.lr)?;
             let (model, info) = CharModel::<f32>::load(path, Some(opt.as_mut()))?;
+            check_resume_vocab(path, model.vocab(), &text)?;
             println!(
                 "resumed from {} at step {} ({kind}, {:?})",
                 path.display(),
@@ -364,7 +471,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .hidden_size(args.hidden)
                 .layers(args.layers)
                 .dropout(args.dropout);
-            let model = CharModel::<f32>::new(Vocab::from_text(&text), cfg, args.seed);
+            let model = CharModel::<f32>::try_new(Vocab::from_text(&text), cfg, args.seed)
+                .map_err(|e| format!("corpus `{}`: {}", args.corpus.display(), e.message()))?;
             (
                 model,
                 make_optimizer(&args.optimizer, args.lr)?,
@@ -373,10 +481,20 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
+    check_prompt(&args.prompt, model.vocab())?;
     let ids = model.vocab().encode(&text)?;
     let n_val = (ids.len() as f64 * args.val_fraction) as usize;
     let (train_ids, val_ids) = ids.split_at(ids.len() - n_val);
-    let train = CharStreams::new(train_ids, args.batch)?;
+    let train = CharStreams::new(train_ids, args.batch).map_err(|e| {
+        format!(
+            "corpus `{}` ({} characters, {} for training) is too short for --batch {}: {}",
+            args.corpus.display(),
+            ids.len(),
+            train_ids.len(),
+            args.batch,
+            e.message()
+        )
+    })?;
     let val = (n_val > 0)
         .then(|| CharStreams::new(val_ids, 16.min(n_val / 2).max(1)))
         .transpose()?;
@@ -424,11 +542,34 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let bpc = |nats: f64| nats / std::f64::consts::LN_2;
     let evaluate = |model: &CharModel<f32>| val.as_ref().map(|v| bpc(model.evaluate(v, 128)));
-    let save = |model: &CharModel<f32>, opt: &dyn Optimizer<f32>, step: u64, curves: &Curves| {
+    let save = |model: &CharModel<f32>,
+                opt: &dyn Optimizer<f32>,
+                step: u64,
+                curves: &Curves,
+                report: &mut Report|
+     -> Result<(), Box<dyn std::error::Error>> {
+        make_out()?;
         let mut meta = BTreeMap::new();
         curves.to_metadata(&mut meta);
-        model.save(&ckpt_path, Some(opt), step, &meta)
+        model.save(&ckpt_path, Some(opt), step, &meta)?;
+        report.checkpoint = Some((ckpt_path.clone(), step));
+        Ok(())
     };
+
+    if start >= args.steps {
+        // Nothing to train: nothing is written, so no output of an earlier
+        // run in `--out` is replaced by one of a run that made nothing.
+        println!(
+            "nothing to train: the model is at step {start} and --steps is {}; nothing written",
+            args.steps
+        );
+        if let Some(v) = evaluate(&model) {
+            println!("validation: {v:.3} bits per character");
+        }
+        let sample = model.sample(&args.prompt, args.sample_len, &sampling)?;
+        println!("--- sample (not saved) ---\n{}{sample}\n---", args.prompt);
+        return Ok(report);
+    }
 
     let pb = ProgressBar::new(args.steps);
     pb.set_style(
@@ -511,6 +652,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
+        // The checkpoint first: nothing after it can lose the steps.
+        if done % args.checkpoint_every == 0 || done == args.steps {
+            save(&model, opt.as_ref(), done, &curves, &mut report)?;
+        }
         if done % args.sample_every == 0 || done == args.steps {
             let sample = model.sample(&args.prompt, args.sample_len, &sampling)?;
             say(
@@ -521,14 +666,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 ),
             );
         }
-        if done % args.checkpoint_every == 0 || done == args.steps {
-            save(&model, opt.as_ref(), done, &curves)?;
-        }
     }
     pb.finish_and_clear();
 
     let total = started.elapsed().as_secs_f64();
     let trained = args.steps.saturating_sub(start);
+    report.trained = trained;
     println!(
         "trained {trained} steps in {total:.1} s ({:.1} s in training steps, {:.0} characters/s)",
         train_secs,
@@ -537,16 +680,15 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(&(_, v)) = curves.val.last() {
         println!("final validation: {v:.3} bits per character");
     }
-    if start >= args.steps && args.resume.is_some() {
-        save(&model, opt.as_ref(), start, &curves)?;
+    if let Some((path, step)) = &report.checkpoint {
+        println!("checkpoint: {} (step {step})", path.display());
     }
-    println!("checkpoint: {}", ckpt_path.display());
     let sample = model.sample(&args.prompt, args.sample_len, &sampling)?;
-    std::fs::write(
-        args.out.join("sample.txt"),
-        format!("{}{sample}\n", args.prompt),
-    )?;
+    let sample_path = args.out.join("sample.txt");
+    std::fs::write(&sample_path, format!("{}{sample}\n", args.prompt))?;
+    report.written.push(sample_path);
     curves.write_csv(&args.out.join("loss.csv"))?;
+    report.written.push(args.out.join("loss.csv"));
     let title = format!(
         "char_lstm: {}-layer LSTM({}), {} steps of {}×{} characters",
         cfg.num_layers, cfg.hidden_size, args.steps, args.batch, args.seq_len
@@ -558,11 +700,199 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         100.0 * args.val_fraction
     );
     curves.plot(&fig, &title, &train_label, &val_label)?;
+    report.written.push(fig.clone());
     println!(
         "wrote {}, {} and {}",
         fig.display(),
         args.out.join("loss.csv").display(),
         args.out.join("sample.txt").display()
     );
-    Ok(())
+    Ok(report)
+}
+
+/// The main job's guarantees, run in-process on tiny corpora and models
+/// (milliseconds each): bad input fails before training and before `--out`
+/// exists, and a run writes — and claims — only what it made.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir for one test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tapegrad-char-lstm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Tiny sizes, so a step takes well under a millisecond.
+    fn tiny(dir: &Path, corpus: &str) -> Args {
+        let path = dir.join("corpus.txt");
+        std::fs::write(&path, corpus).unwrap();
+        Args {
+            corpus: path,
+            hidden: 8,
+            embed: 4,
+            layers: 1,
+            seq_len: 8,
+            batch: 2,
+            steps: 4,
+            warmup: 1,
+            eval_every: 2,
+            sample_every: 2,
+            checkpoint_every: 2,
+            sample_len: 5,
+            prompt: "the ".into(),
+            out: dir.join("out"),
+            ..Args::default()
+        }
+    }
+
+    const TEXT: &str = "the cat sat on the mat and the rat ran to the hat. ";
+
+    fn parse(flags: &[&str]) -> Result<Args, String> {
+        parse_args(flags.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn a_prompt_outside_the_vocabulary_is_refused_before_training() {
+        let dir = scratch("prompt");
+        let mut args = tiny(&dir, &TEXT.repeat(4));
+        args.prompt = "Quoth the raven".into();
+        let err = run(&args).unwrap_err().to_string();
+        assert!(err.contains("--prompt"), "{err}");
+        assert!(err.contains("'Q', 'u', 'v'"), "{err}");
+        assert!(!args.out.exists(), "nothing may be written: {err}");
+    }
+
+    #[test]
+    fn the_checkpoint_is_saved_periodically_and_before_the_outputs() {
+        let dir = scratch("periodic");
+        let mut args = tiny(&dir, &TEXT.repeat(4));
+        args.steps = 5;
+        let report = run(&args).unwrap();
+        let ckpt = args.out.join("checkpoint.safetensors");
+        assert_eq!(report.trained, 5);
+        assert_eq!(report.checkpoint, Some((ckpt.clone(), 5)));
+        assert_eq!(checkpoint::inspect_file(&ckpt).unwrap().step, 5);
+        for f in ["sample.txt", "loss.csv", "loss.svg"] {
+            assert!(report.written.contains(&args.out.join(f)), "{f}");
+        }
+        // stopped at step 3 by --steps: the step-2 checkpoint is there
+        let dir = scratch("periodic-2");
+        let mut args = tiny(&dir, &TEXT.repeat(4));
+        args.steps = 3;
+        args.checkpoint_every = 2;
+        run(&args).unwrap();
+        args.steps = 2;
+        args.out = dir.join("out-2");
+        let report = run(&args).unwrap();
+        assert_eq!(report.checkpoint.map(|c| c.1), Some(2));
+    }
+
+    #[test]
+    fn steps_zero_overwrites_nothing_and_claims_no_checkpoint() {
+        let dir = scratch("steps0");
+        let args = Args {
+            steps: 0,
+            ..tiny(&dir, &TEXT.repeat(4))
+        };
+        std::fs::create_dir_all(&args.out).unwrap();
+        for f in ["loss.svg", "loss.csv", "sample.txt"] {
+            std::fs::write(args.out.join(f), "an earlier run's output").unwrap();
+        }
+        let report = run(&args).unwrap();
+        assert_eq!(report.trained, 0);
+        assert_eq!(report.checkpoint, None);
+        assert!(report.written.is_empty());
+        for f in ["loss.svg", "loss.csv", "sample.txt"] {
+            let kept = std::fs::read_to_string(args.out.join(f)).unwrap();
+            assert_eq!(kept, "an earlier run's output", "{f} was overwritten");
+        }
+        assert!(!args.out.join("checkpoint.safetensors").exists());
+        // resuming at or past --steps writes nothing either
+        let trained = Args {
+            steps: 2,
+            out: dir.join("trained"),
+            ..args.clone()
+        };
+        run(&trained).unwrap();
+        let again = Args {
+            resume: Some(trained.out.join("checkpoint.safetensors")),
+            out: dir.join("again"),
+            ..trained.clone()
+        };
+        let report = run(&again).unwrap();
+        assert!(report.checkpoint.is_none() && report.written.is_empty());
+        assert!(!again.out.exists());
+    }
+
+    #[test]
+    fn an_empty_corpus_is_one_clear_error_and_leaves_no_output_directory() {
+        let dir = scratch("empty");
+        let args = tiny(&dir, "");
+        let err = run(&args).unwrap_err().to_string();
+        assert!(err.contains("empty") && err.contains("corpus.txt"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert!(!args.out.exists());
+        // too short for the batch: also a clear error, nothing created
+        let args = Args {
+            batch: 32,
+            prompt: "a".into(),
+            ..tiny(&dir, "abc")
+        };
+        let err = run(&args).unwrap_err().to_string();
+        assert!(err.contains("--batch 32"), "{err}");
+        assert!(!args.out.exists());
+    }
+
+    #[test]
+    fn out_of_range_hyper_parameters_are_refused() {
+        for (flags, needle) in [
+            (&["--lr", "-1"][..], "--lr -1 must be"),
+            (&["--lr", "0"], "--lr 0 must be"),
+            (&["--lr", "NaN"], "--lr NaN must be"),
+            (&["--clip", "-1"], "--clip -1 must be"),
+            (&["--temperature", "-0.5"], "--temperature -0.5 must be"),
+            (&["--prompt", ""], "--prompt must"),
+            (&["--dropout", "1.5"], "--dropout 1.5 is not in [0, 1)"),
+        ] {
+            let err = parse(flags).unwrap_err();
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
+        let ok = parse(&["--lr", "0.01", "--clip", "0", "--temperature", "0"]).unwrap();
+        assert_eq!((ok.lr, ok.clip, ok.temperature), (0.01, 0.0, 0.0));
+    }
+
+    #[test]
+    fn resuming_on_another_corpus_names_the_vocabulary_difference() {
+        let dir = scratch("resume");
+        let first = tiny(&dir, &TEXT.repeat(4));
+        run(&first).unwrap();
+        let other = "Go to the cat, God said. ".repeat(8);
+        let resumed = Args {
+            resume: Some(first.out.join("checkpoint.safetensors")),
+            steps: 6,
+            out: dir.join("resumed"),
+            ..tiny(&dir, &other)
+        };
+        let err = run(&resumed).unwrap_err().to_string();
+        assert!(err.contains("--resume"), "{err}");
+        assert!(
+            err.contains("the checkpoint's vocabulary")
+                && err.contains("differs from the corpus's"),
+            "{err}"
+        );
+        // in the corpus, not in the checkpoint; and the other way round
+        assert!(
+            err.contains("the corpus has ',', 'G', 'i' that the checkpoint lacks"),
+            "{err}"
+        );
+        assert!(
+            err.contains("the checkpoint has 'm', 'n', 'r' that the corpus lacks"),
+            "{err}"
+        );
+        assert!(!resumed.out.exists());
+    }
 }
