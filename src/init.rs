@@ -11,8 +11,8 @@
 //!   recurrent weight W_hh (Saxe et al.): its singular values are all
 //!   `gain`, so h·W_hhᵀ neither grows nor shrinks h at initialisation.
 //!
-//! Shapes follow PyTorch's [out × in] weight layout: fan_out = shape[0],
-//! fan_in = shape[1] (times the size of any further axes). Each function
+//! Shapes follow PyTorch's [out × in] weight layout: fan_out = `shape[0]`,
+//! fan_in = `shape[1]` (times the size of any further axes). Each function
 //! is deterministic in its seed. To replace a layer's weight, write into
 //! the store:
 //!
@@ -56,7 +56,7 @@ pub fn uniform_fan<F: Real>(shape: &[usize], fan: usize, seed: u64) -> Tensor<F>
 }
 
 /// fan_in and fan_out of a weight of `shape` as PyTorch computes them:
-/// fan_out = shape[0]·r, fan_in = shape[1]·r with r the product of the
+/// fan_out = `shape[0]`·r, fan_in = `shape[1]`·r with r the product of the
 /// further axes; a 1-D shape has fan_in = fan_out = its length.
 ///
 /// ```
