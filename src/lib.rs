@@ -44,11 +44,15 @@
 //!   ([`Var::release`], [`Tape::release_unneeded`]); the layers do so, so
 //!   a training step keeps about what hand-written BPTT keeps.
 //! - `ops` (methods on [`Var`]): arithmetic with broadcasting, matmul,
-//!   activations, reductions, reshape/concat/slice/gather, softmax family,
-//!   losses, dropout, select — each op's forward and backward in one place.
+//!   activations, reductions, reshape/concat/chunk/slice/gather, softmax
+//!   family, losses, dropout, select — each op's forward and backward in one
+//!   place. Scalars combine with vars in both orders (`x * 3.0`,
+//!   `1.0 - x`), also in code generic over `F`.
 //! - [`ParamStore`], [`ParamKey`]: parameters that outlive a tape.
 //! - [`layers`]: `Linear`, `Embedding`, `Rnn`, `Lstm`, `Gru` from the
-//!   primitives, with PyTorch's parameter names.
+//!   primitives, with PyTorch's parameter names; truncated BPTT as a plan
+//!   and as a training loop for any model closure
+//!   ([`layers::tbptt::Tbptt::train`]).
 //! - [`optim`]: SGD, Adagrad, RMSprop, Adam/AdamW with exportable state,
 //!   gradient clipping, learning-rate schedules.
 //! - [`checkpoint`]: safetensors files with PyTorch `state_dict` names, the
@@ -78,7 +82,9 @@
 //!   tensor from a `Vec`, allocating an absurd shape, reading a checkpoint.
 //!   The panicking entry points a caller may want to probe at run time have
 //!   a `try_` form ([`Tensor::try_full`], [`Tape::try_param`],
-//!   [`Var::try_backward`], [`Grads::try_wrt`]).
+//!   [`Var::try_backward`], [`Var::try_retain_grad`], [`Grads::try_wrt`],
+//!   [`models::CharModel::try_new`]). Panics carry the caller's location
+//!   (`#[track_caller]`), not a line inside tapegrad.
 //!
 //! Either way the message is the [`Error`]'s `Display`, and its
 //! [`ErrorKind`] says which class it is. There is no undefined behaviour:

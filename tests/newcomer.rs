@@ -12,7 +12,9 @@
 //!   arithmetic reads naturally in code generic over `F`;
 //! - `chunk(parts, axis)` matches `concat(&parts, axis)`; checkpoints
 //!   report dtype and shape per tensor and convert f32 ↔ f64 on request;
-//! - `CharModel::try_new` refuses an empty corpus with an error.
+//! - `CharModel::try_new` refuses an empty corpus with an error;
+//! - the README still starts with the two set-up commands and says how to
+//!   depend on tapegrad, how slow debug builds are and how to optimise it.
 //!
 //! Gradient comparisons are exact (`==`) where the computation is the same
 //! sequence of floating-point operations; the gradient checks use
@@ -694,4 +696,36 @@ fn an_empty_corpus_is_an_error_not_a_panic() {
     assert_mentions(&err.to_string(), &["dropout", "1.5"]);
     let v = Vocab::from_text("the raven");
     assert_eq!(v.missing("Quoth the raven"), vec!['Q', 'o', 'u']);
+}
+
+// ----- 13. the README for a project that depends on tapegrad ----------------------
+
+#[test]
+fn the_readme_starts_with_two_commands_and_explains_using_the_crate() {
+    let readme = include_str!("../README.md");
+    let mut lines = readme.lines();
+    assert_eq!(lines.next(), Some("# tapegrad"));
+    assert_eq!(lines.next(), Some(""));
+    assert_eq!(lines.next(), Some("```sh"));
+    let main_job = lines.next().unwrap();
+    assert!(main_job.starts_with("cargo run --release --example char_lstm"));
+    assert!(main_job.contains("~3 min") && main_job.contains("compiling the first time"));
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("cargo test --all-features"));
+    assert_eq!(lines.next(), Some("```"));
+    assert_mentions(
+        readme,
+        &[
+            "[dependencies]\ntapegrad = ",
+            "9× slower",
+            "[profile.dev.package.tapegrad]\nopt-level = 3",
+            "2 min 31 s",
+            "Tbptt::train",
+            "gradcheck_store",
+            "init::orthogonal",
+            "convert_dtype",
+        ],
+    );
 }
