@@ -47,7 +47,8 @@
 //!   activations, reductions, reshape/concat/chunk/slice/gather, softmax
 //!   family, losses, dropout, select — each op's forward and backward in one
 //!   place. Scalars combine with vars in both orders (`x * 3.0`,
-//!   `1.0 - x`), also in code generic over `F`.
+//!   `1.0 - x` for f32 and f64); code generic over `F` writes
+//!   `x.scale(3.0)`, `x.shift(1.0)`.
 //! - [`ParamStore`], [`ParamKey`]: parameters that outlive a tape.
 //! - [`layers`]: `Linear`, `Embedding`, `Rnn`, `Lstm`, `Gru` from the
 //!   primitives, with PyTorch's parameter names; truncated BPTT as a plan

@@ -8,8 +8,8 @@
 //!   for a built-in layer and for a cell written from primitives;
 //! - `gradcheck_params` / `gradcheck_store` check a model's own weights;
 //! - the listing and DOT name parameters by their store names;
-//! - the initialisers are public and are the layers' own; scalar
-//!   arithmetic reads naturally in code generic over `F`;
+//! - the initialisers are public and are the layers' own; `scale` and
+//!   `shift` take `f64` constants in code generic over `F`;
 //! - `chunk(parts, axis)` matches `concat(&parts, axis)`; checkpoints
 //!   report dtype and shape per tensor and convert f32 ↔ f64 on request;
 //! - `CharModel::try_new` refuses an empty corpus with an error;
@@ -570,24 +570,27 @@ fn the_public_initialisers_are_the_layers_own() {
     assert!(own.data().iter().all(|v| v.abs() <= bound));
 }
 
-/// Code generic over the element type, with plain number literals.
+/// Code generic over the element type, with plain `f64` constants.
 fn generic_formula<F: Real>(tape: &Tape<F>, v: F) -> (F, F) {
     let x = tape.var(Tensor::scalar(v));
-    let y = (x * 3.0 + 1.0) / 2.0 - 0.5 + 2.0 * x - (1.0 - x) + (4.0 + x) * 0.25;
+    // (3x + 1)/2 − 0.5 + 2x − (1 − x) + (4 + x)/4 = 4.75x
+    let y = x.scale(3.0).shift(1.0).scale(0.5).shift(-0.5) + x.scale(2.0)
+        - x.scale(-1.0).shift(1.0)
+        + x.shift(4.0).scale(0.25);
     (y.item(), y.backward().wrt(x).item())
 }
 
 #[test]
 fn scalar_arithmetic_reads_naturally_in_generic_code() {
-    // y = (3x + 1)/2 − 0.5 + 2x − (1 − x) + (4 + x)/4 = 4.75x;  dy/dx = 4.75
     let (y, dy) = generic_formula(&Tape::<f64>::new(), 2.0);
     assert_eq!((y, dy), (9.5, 4.75));
     let (y, dy) = generic_formula(&Tape::<f32>::new(), 2.0);
     assert_eq!((y, dy), (9.5, 4.75));
-    // f32 vars still take f32 scalars, with the same result as mul_scalar
+    // scale/shift are the operators' ops: same bits as `*` and `+`
     let tape = Tape::<f32>::new();
     let x = tape.var(Tensor::scalar(0.1f32));
-    assert_eq!((x * 0.3f32).item(), x.mul_scalar(0.3).item());
+    assert_eq!(x.scale(0.3).item(), (x * 0.3).item());
+    assert_eq!(x.shift(0.7).item(), (x + 0.7).sum().item());
     assert_eq!((0.3f32 - x).item(), 0.3f32 - 0.1f32);
 }
 

@@ -335,6 +335,47 @@ impl<'t, F: Real> Var<'t, F> {
         })
     }
 
+    /// Multiplies by an `f64` constant converted to `F` ([`Real::of`]),
+    /// `y = c·x`: `x * 3.0` for code generic over the element type, where
+    /// the operator only takes an `F` (`x.scale(0.5)` is
+    /// `x.mul_scalar(F::of(0.5))`).
+    ///
+    /// Gradient: ∂L/∂x = c·gy.
+    ///
+    /// ```
+    /// use tapegrad::{Real, Tape, Tensor, Var};
+    /// // (3x + 1)/2 in any element type
+    /// fn f<'t, F: Real>(x: Var<'t, F>) -> Var<'t, F> {
+    ///     x.scale(3.0).shift(1.0).scale(0.5)
+    /// }
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.var(Tensor::scalar(3.0));
+    /// assert_eq!(f(x).item(), 5.0);
+    /// assert_eq!(f(x).backward().wrt(x).item(), 1.5);
+    /// let tape = Tape::<f64>::new();
+    /// assert_eq!(f(tape.scalar(1.0)).item(), 2.0);
+    /// ```
+    #[track_caller]
+    pub fn scale(self, c: f64) -> Var<'t, F> {
+        self.mul_scalar(F::of(c))
+    }
+
+    /// Adds an `f64` constant converted to `F` ([`Real::of`]), `y = x + c`:
+    /// `x + 1.0` for code generic over the element type (see
+    /// [`Var::scale`]).
+    ///
+    /// Gradient: ∂L/∂x = gy.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.var(tapegrad::Tensor::scalar(2.0));
+    /// assert_eq!(x.shift(-0.5).item(), 1.5);
+    /// ```
+    #[track_caller]
+    pub fn shift(self, c: f64) -> Var<'t, F> {
+        self.add_scalar(F::of(c))
+    }
+
     /// `y = c − x` in one op (for `1 − z` in a GRU).
     ///
     /// Gradient: ∂L/∂x = −gy.

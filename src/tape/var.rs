@@ -403,63 +403,63 @@ impl<'t, F: Real> Neg for &Var<'t, F> {
     }
 }
 
-// Scalars on either side. An `f64` works with a var of any element type
-// (`x * 3.0` in code generic over `F`; converted with `F::of`), an `f32`
-// with an f32 var. A generic `F` on the left would break the orphan rule;
-// `f64` and `f32` are concrete, so they may stand there.
+// Scalars on either side, for the concrete element types (a generic `F` on
+// the left would break the orphan rule, and a generic `f64` impl next to
+// the `f32` one would leave `x * 3.0` on an f32 var ambiguous). Code generic
+// over `F` uses `Var::scale` and `Var::shift`.
 macro_rules! scalar_operators {
-    ($t:ty, [$($g:tt)*], $f:ty, $of:expr) => {
-        impl<'t, $($g)*> Add<$t> for Var<'t, $f> {
-            type Output = Var<'t, $f>;
+    ($t:ty) => {
+        impl<'t> Add<$t> for Var<'t, $t> {
+            type Output = Var<'t, $t>;
             #[track_caller]
-            fn add(self, rhs: $t) -> Var<'t, $f> {
-                self.add_scalar($of(rhs))
+            fn add(self, rhs: $t) -> Var<'t, $t> {
+                self.add_scalar(rhs)
             }
         }
-        impl<'t, $($g)*> Sub<$t> for Var<'t, $f> {
-            type Output = Var<'t, $f>;
+        impl<'t> Sub<$t> for Var<'t, $t> {
+            type Output = Var<'t, $t>;
             #[track_caller]
-            fn sub(self, rhs: $t) -> Var<'t, $f> {
-                self.add_scalar(-$of(rhs))
+            fn sub(self, rhs: $t) -> Var<'t, $t> {
+                self.add_scalar(-rhs)
             }
         }
-        impl<'t, $($g)*> Mul<$t> for Var<'t, $f> {
-            type Output = Var<'t, $f>;
+        impl<'t> Mul<$t> for Var<'t, $t> {
+            type Output = Var<'t, $t>;
             #[track_caller]
-            fn mul(self, rhs: $t) -> Var<'t, $f> {
-                self.mul_scalar($of(rhs))
+            fn mul(self, rhs: $t) -> Var<'t, $t> {
+                self.mul_scalar(rhs)
             }
         }
-        impl<'t, $($g)*> Div<$t> for Var<'t, $f> {
-            type Output = Var<'t, $f>;
+        impl<'t> Div<$t> for Var<'t, $t> {
+            type Output = Var<'t, $t>;
             #[track_caller]
-            fn div(self, rhs: $t) -> Var<'t, $f> {
-                self.mul_scalar($of(rhs).recip())
+            fn div(self, rhs: $t) -> Var<'t, $t> {
+                self.mul_scalar(1.0 / rhs)
             }
         }
-        impl<'t, $($g)*> Add<Var<'t, $f>> for $t {
-            type Output = Var<'t, $f>;
+        impl<'t> Add<Var<'t, $t>> for $t {
+            type Output = Var<'t, $t>;
             #[track_caller]
-            fn add(self, rhs: Var<'t, $f>) -> Var<'t, $f> {
-                rhs.add_scalar($of(self))
+            fn add(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
+                rhs.add_scalar(self)
             }
         }
-        impl<'t, $($g)*> Sub<Var<'t, $f>> for $t {
-            type Output = Var<'t, $f>;
+        impl<'t> Sub<Var<'t, $t>> for $t {
+            type Output = Var<'t, $t>;
             #[track_caller]
-            fn sub(self, rhs: Var<'t, $f>) -> Var<'t, $f> {
-                rhs.rsub_scalar($of(self))
+            fn sub(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
+                rhs.mul_scalar(-1.0).add_scalar(self)
             }
         }
-        impl<'t, $($g)*> Mul<Var<'t, $f>> for $t {
-            type Output = Var<'t, $f>;
+        impl<'t> Mul<Var<'t, $t>> for $t {
+            type Output = Var<'t, $t>;
             #[track_caller]
-            fn mul(self, rhs: Var<'t, $f>) -> Var<'t, $f> {
-                rhs.mul_scalar($of(self))
+            fn mul(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
+                rhs.mul_scalar(self)
             }
         }
     };
 }
 
-scalar_operators!(f32, [], f32, std::convert::identity::<f32>);
-scalar_operators!(f64, [F: Real], F, <F as Real>::of);
+scalar_operators!(f32);
+scalar_operators!(f64);
