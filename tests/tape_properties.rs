@@ -623,6 +623,20 @@ struct Run<'t, F: Real> {
     loss: Var<'t, F>,
 }
 
+impl<'t, F: Real> Run<'t, F> {
+    /// The last value, marked with `retain_grad` when a gradient can reach
+    /// it; a value the program computed from constants only cannot receive
+    /// one (`retain_grad` refuses it rather than report zeros), so then the
+    /// first leaf stands in for it.
+    fn retained_last(&self) -> Var<'t, F> {
+        if self.last.requires_grad() {
+            self.last.retain_grad()
+        } else {
+            self.leaves[0]
+        }
+    }
+}
+
 impl Program {
     /// Records the program on `tape` with leaves `leaves` = [x, W, b].
     fn record<'t, F: Real>(&self, tape: &'t Tape<F>, leaves: [Var<'t, F>; 3]) -> Run<'t, F> {
@@ -710,7 +724,7 @@ struct Outcome<F: Real> {
 
 fn run_program<F: Real>(tape: &Tape<F>, p: &Program) -> (Outcome<F>, tapegrad::Grads<F>) {
     let run = p.record(tape, p.leaves(tape));
-    let last = run.last.retain_grad();
+    let last = run.retained_last();
     let g = run.loss.backward();
     let mut grads: Vec<Tensor<F>> = run.leaves.iter().map(|&v| g.wrt(v).clone()).collect();
     grads.push(g.wrt(last).clone());
@@ -737,7 +751,7 @@ fn same_outcome<F: Real>(what: &str, a: &Outcome<F>, b: &Outcome<F>) -> Result<(
 fn backward_twice<F: Real>(p: &Program) -> Result<(), TestCaseError> {
     let tape = Tape::<F>::new();
     let run = p.record(&tape, p.leaves(&tape));
-    let last = run.last.retain_grad();
+    let last = run.retained_last();
     let first = run.loss.backward();
     let second = run.loss.backward();
     let third = run.loss.backward();
@@ -757,7 +771,7 @@ fn release_keeps_gradients<F: Real>(p: &Program) -> Result<(), TestCaseError> {
 
     let tape = Tape::<F>::new();
     let run = p.record(&tape, p.leaves(&tape));
-    let last = run.last.retain_grad();
+    let last = run.retained_last();
     let values = |t: &Tape<F>| t.held_elements();
     let held = values(&tape);
     let freed = tape.release_unneeded(&[run.loss]);
@@ -782,7 +796,7 @@ fn release_keeps_gradients<F: Real>(p: &Program) -> Result<(), TestCaseError> {
     // Per var: each recorded value released with `Var::release`.
     let tape = Tape::<F>::new();
     let run = p.record(&tape, p.leaves(&tape));
-    let last = run.last.retain_grad();
+    let last = run.retained_last();
     for v in &run.values[..run.values.len() - 1] {
         v.release();
     }
