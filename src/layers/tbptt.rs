@@ -27,7 +27,7 @@
 //! `examples/tbptt_loop.rs` trains an LSTM with it.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::optim::{clip_grad_norm, Optimizer};
+use crate::optim::{finite_grad_norm, Optimizer};
 use crate::{ParamStore, Real, Tape, Var};
 
 /// A BPTT(k2; k1) schedule.
@@ -107,7 +107,7 @@ impl Tbptt {
     ///    `carry_at` is `end`: the state after the window;
     /// 2. one reverse sweep from that loss;
     /// 3. if `clip_norm` is set, the global gradient norm is clipped to it
-    ///    ([`clip_grad_norm`]);
+    ///    ([`clip_grad_norm`](crate::optim::clip_grad_norm));
     /// 4. one optimizer step; the tape is reset (its buffers reused);
     /// 5. the returned state becomes `carried` for the next window.
     ///
@@ -195,24 +195,16 @@ impl Tbptt {
                     out.loss.backward(),
                 )
             };
-            let norm = match clip_norm {
-                Some(max) => clip_grad_norm(&mut grads, max, true),
-                None => {
-                    let n = grads.params_norm();
-                    if n.is_finite() {
-                        Ok(n)
-                    } else {
-                        Err(Error::new(
-                            ErrorKind::NonFinite,
-                            "Tbptt::train",
-                            format!(
-                                "the gradient norm of the window of steps {}..{} is {n}",
-                                w.loss_from, w.end
-                            ),
-                        ))
-                    }
-                }
-            };
+            let norm = finite_grad_norm(&mut grads, clip_norm).map_err(|n| {
+                Error::new(
+                    ErrorKind::NonFinite,
+                    "Tbptt::train",
+                    format!(
+                        "the gradient norm of the window of steps {}..{} is {n}",
+                        w.loss_from, w.end
+                    ),
+                )
+            });
             if let Err(e) = norm {
                 tape.reset_with(grads);
                 return Err(e);

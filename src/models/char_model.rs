@@ -5,7 +5,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layers::{derive_seed, Embedding, Linear, Lstm, RecurrentConfig, RunOptions};
 use crate::layers::{State, StateTensors};
-use crate::optim::{clip_grad_norm, Optimizer};
+use crate::optim::{finite_grad_norm, Optimizer};
 use crate::parallel::{mean_weight, shard_ranges, shard_targets, DataParallel};
 use crate::tensor::Tensor;
 use crate::{Grads, ParamStore, Real, Reduction, Tape, Var};
@@ -426,22 +426,13 @@ impl<F: Real> CharModel<F> {
         grads: &mut Grads<F>,
         clip_norm: Option<f64>,
     ) -> Result<f64> {
-        let grad_norm = match clip_norm {
-            Some(max) => clip_grad_norm(grads, max, true),
-            None => {
-                let n = grads.params_norm();
-                if n.is_finite() {
-                    Ok(n)
-                } else {
-                    Err(Error::new(
-                        ErrorKind::NonFinite,
-                        "CharModel::train_step",
-                        format!("the total gradient norm is {n}"),
-                    ))
-                }
-            }
-        };
-        let grad_norm = grad_norm?;
+        let grad_norm = finite_grad_norm(grads, clip_norm).map_err(|n| {
+            Error::new(
+                ErrorKind::NonFinite,
+                "CharModel::train_step",
+                format!("the total gradient norm is {n}"),
+            )
+        })?;
         optimizer.step(&mut self.store, grads);
         Ok(grad_norm)
     }

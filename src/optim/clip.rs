@@ -46,6 +46,25 @@ pub fn clip_grad_norm<F: Real>(
     Ok(norm)
 }
 
+/// The global gradient norm before clipping, the gradients clipped to
+/// `clip_norm` when it is set; `Err(norm)`, the gradients untouched, when
+/// the norm is NaN or ∞. The one check a training step makes before its
+/// optimizer update (`CharModel::train_step`, `Tbptt::train`).
+pub(crate) fn finite_grad_norm<F: Real>(
+    grads: &mut Grads<F>,
+    clip_norm: Option<f64>,
+) -> std::result::Result<f64, f64> {
+    let norm = match clip_norm {
+        Some(max) => clip_grad_norm(grads, max, false).unwrap_or(f64::NAN),
+        None => grads.params_norm(),
+    };
+    if norm.is_finite() {
+        Ok(norm)
+    } else {
+        Err(norm)
+    }
+}
+
 /// Clamps every parameter gradient element into [−limit, limit].
 ///
 /// ```

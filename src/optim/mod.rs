@@ -54,6 +54,7 @@ mod sgd;
 
 pub use adagrad::Adagrad;
 pub use adam::Adam;
+pub(crate) use clip::finite_grad_norm;
 pub use clip::{clip_grad_norm, clip_grad_value};
 pub use rmsprop::RmsProp;
 pub use schedule::LrSchedule;
