@@ -477,7 +477,8 @@ impl<F: Real> Tape<F> {
         drop(values);
         let (op, value) = result.map_err(|e| e.with_label(Some(inner.scopes.path(label))))?;
         if inner.anomaly {
-            check_finite(&value, "forward", &op, &inner.scopes.path(label))?;
+            check_finite(&value, "forward", &op, &inner.scopes.path(label))
+                .map_err(|e| with_operands_at(e, &value, &ids, &inner.nodes))?;
         }
         if requires_grad {
             for (k, &j) in ids.iter().enumerate() {
@@ -588,6 +589,39 @@ pub(crate) fn check_finite<F: Real>(
         .with_label(Some(label.to_string())));
     }
     Ok(())
+}
+
+/// Adds to a forward anomaly what the operands of the same size held at the
+/// offending index (`log` of a 0, `exp` of a 1e300), so the message says
+/// what the caller fed the op.
+fn with_operands_at<F: Real>(
+    e: Error,
+    value: &Tensor<F>,
+    ids: &[NodeId],
+    nodes: &[Node<F>],
+) -> Error {
+    let Some(pos) = value.data().iter().position(|x| !x.is_finite()) else {
+        return e;
+    };
+    let held: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(k, &i)| {
+            let n = &nodes[i as usize];
+            (!n.released && n.value.numel() == value.numel())
+                .then(|| format!("operand {k} is {}", n.value.data()[pos]))
+        })
+        .collect();
+    if held.is_empty() {
+        return e;
+    }
+    let label = e.label().map(str::to_string);
+    Error::new(
+        e.kind(),
+        e.op(),
+        format!("{} (there, {})", e.message(), held.join(", ")),
+    )
+    .with_label(label)
 }
 
 /// Closes a label scope when dropped (see [`Tape::scope`]).
