@@ -12,7 +12,7 @@
 //! beyond the few extras only it has (a dropout mask, class targets).
 //!
 //! Why a `RefCell`: [`Var`] is a `Copy` handle — a reference to its tape plus
-//! an index — so that formulas read like math (`(x.matmul(&u) + b).tanh()`).
+//! an index — so that formulas read like math (`(x.matmul(u) + b).tanh()`).
 //! Many handles share the tape, so recording goes through interior
 //! mutability; borrows last for one op and never escape. [`Tape::reset`]
 //! takes `&mut self`, so the borrow checker guarantees that no handle
@@ -21,7 +21,6 @@
 //! same shapes allocates nothing after its first step.
 
 pub(crate) mod backward;
-mod deferral;
 mod graph;
 pub(crate) mod pool;
 pub(crate) mod scope;
@@ -467,7 +466,9 @@ impl<F: Real> Tape<F> {
         drop(values);
         let (op, value) = result.map_err(|e| e.with_label(Some(inner.scopes.path(label))))?;
         if inner.anomaly {
-            check_finite(&value, "forward", &op, &inner.scopes.path(label))?;
+            check_finite(value.data(), value.shape(), "forward", &op, || {
+                inner.scopes.path(label)
+            })?;
         }
         if requires_grad {
             for (k, &j) in ids.iter().enumerate() {
@@ -553,21 +554,23 @@ impl<F: Real> Tape<F> {
     }
 }
 
-/// An error if `value` holds NaN or ±∞ (anomaly mode).
+/// An error if `data` (a value of `shape` in the `forward` pass, or a
+/// gradient in `backward`) holds NaN or ±∞ (anomaly mode), naming `op` and
+/// the label `label()` builds (only on error).
 pub(crate) fn check_finite<F: Real>(
-    value: &Tensor<F>,
+    data: &[F],
+    shape: &[usize],
     pass: &str,
     op: &Op<F>,
-    label: &str,
+    label: impl FnOnce() -> String,
 ) -> Result<()> {
-    if let Some(pos) = value.data().iter().position(|x| !x.is_finite()) {
+    if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(Error::new(
             ErrorKind::NonFinite,
             op.name(),
             format!(
-                "{pass} produced {} at flat index {pos} of a {:?} {}",
-                value.data()[pos],
-                value.shape(),
+                "{pass} produced {} at flat index {pos} of a {shape:?} {}",
+                data[pos],
                 if pass == "forward" {
                     "value"
                 } else {
@@ -575,7 +578,7 @@ pub(crate) fn check_finite<F: Real>(
                 }
             ),
         )
-        .with_label(Some(label.to_string())));
+        .with_label(Some(label())));
     }
     Ok(())
 }
