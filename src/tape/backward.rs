@@ -24,7 +24,7 @@
 //! does not depend on never receive one, so they cost nothing either.
 
 use super::{check_finite, NodeId, Tape, Var};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{or_panic, Error, ErrorKind, Result};
 use crate::ops::{BackwardCtx, CheckGrad, GradSlot, Op, WeightGrads};
 use crate::params::ParamKey;
 use crate::tensor::Tensor;
@@ -98,7 +98,7 @@ impl<F: Real> Grads<F> {
     /// As [`Grads::try_wrt`] errs.
     #[track_caller]
     pub fn wrt(&self, v: Var<'_, F>) -> &Tensor<F> {
-        crate::error::or_panic(self.try_wrt(v))
+        or_panic(self.try_wrt(v))
     }
 
     /// The gradient of a bound parameter, or `None` if `key` was not bound
@@ -220,9 +220,7 @@ impl<F: Real> Grads<F> {
     /// assert_eq!(g.param(w).unwrap().item(), 4.0);
     /// ```
     pub fn accumulate_params(&mut self, other: &Grads<F>) {
-        if let Err(e) = self.try_accumulate_params(other) {
-            panic!("{e}");
-        }
+        or_panic(self.try_accumulate_params(other))
     }
 
     pub(crate) fn into_buffers(self) -> impl Iterator<Item = Vec<F>> {
