@@ -29,7 +29,7 @@ mod var;
 pub use backward::Grads;
 pub use var::Var;
 
-use crate::error::{or_panic, Error, ErrorKind, Result};
+use crate::error::{fail, or_panic, Error, ErrorKind, Result};
 use crate::ops::Op;
 use crate::params::{ParamKey, ParamStore};
 use crate::tensor::{Shape, Tensor};
@@ -98,6 +98,30 @@ pub struct Tape<F: Real> {
 }
 
 static NEXT_TAPE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Short: the id, the generation (resets so far) and the node count.
+///
+/// ```
+/// let mut tape = tapegrad::Tape::<f32>::new();
+/// let _ = tape.constant(tapegrad::Tensor::zeros(&[2]));
+/// let id = tape.id();
+/// assert_eq!(format!("{tape:?}"), format!("Tape {{ id: {id}, generation: 0, nodes: 1 }}"));
+/// tape.reset();
+/// assert_eq!(format!("{tape:?}"), format!("Tape {{ id: {id}, generation: 1, nodes: 0 }}"));
+/// ```
+impl<F: Real> std::fmt::Debug for Tape<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Tape");
+        d.field("id", &self.id)
+            .field("generation", &self.generation());
+        match self.inner.try_borrow() {
+            Ok(inner) => d.field("nodes", &inner.nodes.len()),
+            // (Only while an op is being recorded.)
+            Err(_) => d.field("nodes", &format_args!("<recording>")),
+        };
+        d.finish()
+    }
+}
 
 impl<F: Real> Default for Tape<F> {
     fn default() -> Self {
@@ -282,10 +306,10 @@ impl<F: Real> Tape<F> {
             let mut inner = self.inner.borrow_mut();
             let n = or_panic(crate::tensor::numel(shape));
             if n != data.len() {
-                or_panic::<()>(Err(Error::shape(
+                fail(Error::shape(
                     "constant_from_slice",
                     format!("{} elements do not fill {shape:?}", data.len()),
-                )));
+                ));
             }
             let buf = or_panic(inner.pool.copy_of(data, "constant_from_slice"));
             Tensor::from_parts(shape.into(), buf)
