@@ -25,19 +25,34 @@ const H: usize = 32;
 const _: () = assert!(B >= REORDER_MIN_ROWS);
 const _: () = assert!(T * B * 4 * H > 1 << 18);
 
-/// Every parameter gradient of `loss(tape)` as raw bits, in binding order,
-/// with anomaly mode on (from the first recorded op) or off.
-fn param_grad_bits<F: Real>(
-    anomaly: bool,
+/// Runs `loss(tape)` and backward twice, with anomaly mode off and on (from
+/// the first recorded op), and asserts that the `params` parameter
+/// gradients are finite and bitwise the same.
+fn same_gradients_in_both_modes<F: Real>(
+    params: usize,
     loss: impl for<'t> Fn(&'t Tape<F>) -> Var<'t, F>,
-) -> Vec<(ParamKey, Vec<F>)> {
-    let tape = Tape::<F>::new();
-    tape.set_anomaly_detection(anomaly);
-    let grads = loss(&tape).backward();
-    grads
-        .params()
-        .map(|(k, g)| (k, g.data().to_vec()))
-        .collect()
+) {
+    let run = |anomaly: bool| {
+        let tape = Tape::<F>::new();
+        tape.set_anomaly_detection(anomaly);
+        let grads = loss(&tape).backward();
+        // f64 holds every f32 exactly: equal f64 bits ⇔ equal bits.
+        grads
+            .params()
+            .map(|(k, g)| {
+                let bits = g.data().iter().map(|x| x.to_f64_lossy().to_bits());
+                (k, bits.collect::<Vec<_>>())
+            })
+            .collect::<Vec<(ParamKey, Vec<u64>)>>()
+    };
+    let (normal, anomaly) = (run(false), run(true));
+    assert_eq!(normal.len(), params);
+    assert_eq!(normal.len(), anomaly.len());
+    for ((k, a), (k2, b)) in normal.iter().zip(&anomaly) {
+        assert_eq!(k, k2);
+        assert!(a.iter().all(|&x| f64::from_bits(x).is_finite()));
+        assert!(a == b, "parameter {k:?}: anomaly mode changed the gradient");
+    }
 }
 
 /// Σ of the outputs weighted by a fixed random tensor, so that every output
@@ -46,24 +61,6 @@ fn weighted_sum<'t, F: Real>(tape: &'t Tape<F>, outputs: &[Var<'t, F>], seed: u6
     let y = Var::concat(outputs, 0);
     let c = tape.constant(Tensor::randn(y.shape().as_slice(), seed));
     (y * c).sum()
-}
-
-fn assert_bitwise<F: Real>(normal: &[(ParamKey, Vec<F>)], anomaly: &[(ParamKey, Vec<F>)]) {
-    assert_eq!(normal.len(), anomaly.len());
-    for ((k, a), (k2, b)) in normal.iter().zip(anomaly) {
-        assert_eq!(k, k2);
-        assert!(a.iter().all(|v| v.is_finite()));
-        // f64 holds every f32 exactly: equal f64 bits ⇔ equal bits.
-        let bits = |v: &[F]| {
-            v.iter()
-                .map(|x| x.to_f64_lossy().to_bits())
-                .collect::<Vec<_>>()
-        };
-        assert!(
-            bits(a) == bits(b),
-            "parameter {k:?}: anomaly mode changed the gradient"
-        );
-    }
 }
 
 fn rnn_loss<'t>(tape: &'t Tape<f64>, store: &ParamStore<f64>, rnn: &Rnn) -> Var<'t, f64> {
@@ -83,31 +80,22 @@ fn anomaly_mode_gives_bitwise_the_gradients_of_training_lstm_f64() {
     let mut store = ParamStore::<f64>::new();
     let cfg = RecurrentConfig::new(I, H).layers(2).bidirectional(true);
     let lstm = Lstm::new(&mut store, "lstm", cfg, 3);
-    let normal = param_grad_bits(false, |t| lstm_loss(t, &store, &lstm));
-    let anomaly = param_grad_bits(true, |t| lstm_loss(t, &store, &lstm));
     // 2 layers × 2 directions × (W_ih, W_hh, b_ih, b_hh)
-    assert_eq!(normal.len(), 16);
-    assert_bitwise(&normal, &anomaly);
+    same_gradients_in_both_modes(16, |t| lstm_loss(t, &store, &lstm));
 }
 
 #[test]
 fn anomaly_mode_gives_bitwise_the_gradients_of_training_lstm_f32() {
     let mut store = ParamStore::<f32>::new();
     let lstm = Lstm::new(&mut store, "lstm", RecurrentConfig::new(I, H), 4);
-    let normal = param_grad_bits(false, |t| lstm_loss(t, &store, &lstm));
-    let anomaly = param_grad_bits(true, |t| lstm_loss(t, &store, &lstm));
-    assert_eq!(normal.len(), 4);
-    assert_bitwise(&normal, &anomaly);
+    same_gradients_in_both_modes(4, |t| lstm_loss(t, &store, &lstm));
 }
 
 #[test]
 fn anomaly_mode_gives_bitwise_the_gradients_of_training_rnn() {
     let mut store = ParamStore::<f64>::new();
     let rnn = Rnn::new(&mut store, "rnn", RecurrentConfig::new(I, H), 7);
-    let normal = param_grad_bits(false, |t| rnn_loss(t, &store, &rnn));
-    let anomaly = param_grad_bits(true, |t| rnn_loss(t, &store, &rnn));
-    assert_eq!(normal.len(), 4);
-    assert_bitwise(&normal, &anomaly);
+    same_gradients_in_both_modes(4, |t| rnn_loss(t, &store, &rnn));
 }
 
 #[test]
