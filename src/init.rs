@@ -29,6 +29,7 @@
 //! store.get_mut(w_hh).data_mut().copy_from_slice(&blocks);
 //! ```
 
+use crate::error::Error;
 use crate::{Real, Tensor};
 
 /// The bound of PyTorch's default uniform initialisation, 1/√fan (fan 0
@@ -128,7 +129,10 @@ pub fn xavier_normal<F: Real>(shape: &[usize], gain: f64, seed: u64) -> Tensor<F
 #[track_caller]
 pub fn orthogonal<F: Real>(shape: &[usize], gain: f64, seed: u64) -> Tensor<F> {
     let &[rows, cols] = shape else {
-        panic!("tapegrad: init::orthogonal: needs a 2-D shape [rows, cols], got {shape:?}");
+        crate::error::fail(Error::shape(
+            "init::orthogonal",
+            format!("needs a 2-D shape [rows, cols], got {shape:?}"),
+        ));
     };
     // Orthonormalise the columns of a tall n×m Gaussian (n ≥ m), then
     // transpose back if the matrix is wide.

@@ -51,8 +51,10 @@
 //!   `x.scale(3.0)`, `x.shift(1.0)`.
 //! - [`ParamStore`], [`ParamKey`]: parameters that outlive a tape.
 //! - [`layers`]: `Linear`, `Embedding`, `Rnn`, `Lstm`, `Gru` from the
-//!   primitives, with PyTorch's parameter names; truncated BPTT as a plan
-//!   and as a training loop for any model closure
+//!   primitives, with PyTorch's parameter names; any recurrent cell of your
+//!   own through [`layers::Cell`] (one `step` written with tape ops), run by
+//!   the same engine with stacking, directions, lengths and truncated BPTT,
+//!   and the truncated-BPTT training loop for any model closure
 //!   ([`layers::tbptt::Tbptt::train`]).
 //! - [`optim`]: SGD, Adagrad, RMSprop, Adam/AdamW with exportable state,
 //!   gradient clipping, learning-rate schedules.
@@ -89,8 +91,10 @@
 //!
 //! Either way the message is the [`Error`]'s `Display`, and its
 //! [`ErrorKind`] says which class it is. There is no undefined behaviour:
-//! the crate denies `unsafe` except in the one GEMM call
-//! (`tensor/gemm.rs`), whose bounds are checked in safe code first.
+//! the crate denies `unsafe` except in `tensor/gemm.rs`, whose two `unsafe`
+//! blocks call the GEMM kernels (`gemm`, and `matrixmultiply` for the
+//! shapes where its packing is faster) after checking in safe code that
+//! every index they can touch lies inside the borrowed slices.
 //!
 //! ## Numerics
 //!

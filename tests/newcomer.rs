@@ -138,11 +138,8 @@ fn retain_grad_of_a_zero_initial_state_through_an_lstm() {
     let lstm = Lstm::new(&mut store, "lstm", RecurrentConfig::new(2, 3), 5);
     let x = Tensor::<f64>::randn(&[4, 1, 2], 6);
     let grads_of = |as_var: bool| {
+        let zeros = lstm.zero_state(&Tape::<f64>::new(), 1).to_tensors();
         let tape = Tape::new();
-        let zeros = StateTensors {
-            h: vec![Tensor::zeros(&[1, 3])],
-            c: Some(vec![Tensor::zeros(&[1, 3])]),
-        };
         let s0 = if as_var {
             zeros.bind_var(&tape)
         } else {
@@ -284,10 +281,7 @@ fn tbptt_train_equals_a_hand_written_loop_bit_for_bit() {
     for (k1, k2) in [(3, 3), (2, 5), (4, 4), (3, 7)] {
         let (mut store_a, lstm, head, x, y) = task(11);
         let mut store_b = store_a.clone();
-        let zeros = StateTensors {
-            h: vec![Tensor::zeros(&[B, H])],
-            c: Some(vec![Tensor::zeros(&[B, H])]),
-        };
+        let zeros = lstm.zero_state(&Tape::<f64>::new(), B).to_tensors();
         let plan = Tbptt::new(k1, k2).unwrap();
 
         // the library loop

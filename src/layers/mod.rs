@@ -10,24 +10,32 @@
 //! `forward` binds them on the tape it is given.
 //!
 //! - [`Linear`], [`Embedding`]: the readout `o = V h + c` and the lookup.
-//! - [`Rnn`], [`Lstm`], [`Gru`]: recurrent layers (stacked, bidirectional,
-//!   variable lengths), sharing one engine (`recurrent.rs`) and differing
-//!   only in their cell (`cells.rs`).
+//! - [`Cell`]: the open cell interface — one time step written with tape
+//!   ops, plus a declaration of its gates, states and parameters
+//!   (`cell.rs`). [`Recurrent`] runs any cell stacked, bidirectional, with
+//!   variable lengths (`recurrent.rs`).
+//! - [`Rnn`], [`Lstm`], [`Gru`]: [`Recurrent`] with the built-in cells
+//!   [`RnnCell`], [`LstmCell`], [`GruCell`] (`rnn.rs`, `lstm.rs`, `gru.rs`).
 //! - [`State`], [`StateTensors`]: recurrent state on a tape and detached
 //!   between tapes (truncated BPTT: [`tbptt`]).
 
-mod cells;
+mod cell;
 mod embedding;
+mod gru;
 mod linear;
+mod lstm;
 mod recurrent;
+mod rnn;
 mod state;
 pub mod tbptt;
 
+pub use cell::{Cell, CellSpec, Init, ParamSpec, StateSpec, Step, StepPosition};
 pub use embedding::Embedding;
+pub use gru::{Gru, GruCell};
 pub use linear::Linear;
-pub use recurrent::{
-    Gru, Lstm, RecurrentConfig, Rnn, RunOptions, SeqOutput, PROJECTION_ELEMS, PROJECTION_MIN_ROWS,
-};
+pub use lstm::{Lstm, LstmCell};
+pub use recurrent::{Recurrent, RecurrentConfig, RunOptions, SeqOutput};
+pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};
 
 /// The uniform bound PyTorch uses for recurrent and linear layers: 1/√fan
@@ -36,9 +44,6 @@ pub(crate) fn init_bound(fan: usize) -> f64 {
     crate::init::uniform_bound(fan)
 }
 
-/// A seed for parameter `index` of a layer seeded with `seed`.
-pub(crate) fn derive_seed(seed: u64, index: u64) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(index.wrapping_mul(0xBF58_476D_1CE4_E5B9))
-        ^ 0x94D0_49BB_1331_11EB
-}
+/// A seed for parameter `index` of a layer seeded with `seed` (shared with
+/// the reference).
+pub(crate) use crate::tensor::derive_seed;

@@ -178,7 +178,7 @@ impl Tbptt {
                 let out = window(&*tape, &*store, w, &carried);
                 let shape = out.loss.shape();
                 if shape.iter().product::<usize>() != 1 {
-                    crate::error::or_panic::<()>(Err(Error::shape(
+                    crate::error::fail(Error::shape(
                         "Tbptt::train",
                         format!(
                             "the window closure returned a loss of shape {:?} for steps {}..{}; \
@@ -187,7 +187,7 @@ impl Tbptt {
                             w.loss_from,
                             w.end
                         ),
-                    )));
+                    ));
                 }
                 (
                     out.loss.item().to_f64_lossy(),

@@ -17,7 +17,7 @@
 //! d/dx x^p at 0 for 0 < p < 1 = +∞ as IEEE gives them.
 
 use super::{BackwardCtx, GradSlot, Op};
-use crate::error::{Error, ErrorKind};
+use crate::error::{fail, Error, ErrorKind};
 use crate::tensor::Tensor;
 use crate::{Real, Var};
 use std::borrow::Cow;
@@ -151,19 +151,30 @@ impl<F: Real> UnaryOp<F> {
         c: &BackwardCtx<'_, F>,
         slot: GradSlot<'_, F>,
     ) {
+        // Only the values the rule declares are read (the others may have
+        // been released); gy stands in for them below.
+        let x = if self.reads_input() {
+            c.x[0].data()
+        } else {
+            &[]
+        };
+        let y = if self.reads_output() { c.y.data() } else { &[] };
         let Some(w) = cols else {
-            return self.backward_rows(c.gy.data(), c.x[0].data(), c.y.data(), slot);
+            return self.backward_rows(c.gy.data(), x, y, slot);
         };
         // A window: add each output row's rule into its row of the window
         // (the rest of ∂L/∂x gets nothing from this op).
         let width = c.x[0].shape()[1];
         let d = slot.for_adding();
-        let x = c.x[0].data();
-        let rows = c.gy.data().chunks_exact(w.len.max(1));
-        for (r, (gy, y)) in rows.zip(c.y.data().chunks_exact(w.len.max(1))).enumerate() {
+        for (r, gy) in c.gy.data().chunks_exact(w.len.max(1)).enumerate() {
             let at = r * width + w.start;
             let x = if self.reads_input() {
                 &x[at..at + w.len]
+            } else {
+                gy
+            };
+            let y = if self.reads_output() {
+                &y[r * w.len..(r + 1) * w.len]
             } else {
                 gy
             };
@@ -573,12 +584,14 @@ impl<'t, F: Real> Var<'t, F> {
     #[track_caller]
     pub fn clamp(self, lo: F, hi: F) -> Var<'t, F> {
         if lo.is_nan() || hi.is_nan() || lo > hi {
-            crate::error::or_panic::<()>(Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "clamp",
-                format!("needs lo ≤ hi, got lo = {lo}, hi = {hi}"),
-            )
-            .with_label(Some(self.label()))));
+            fail(
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    "clamp",
+                    format!("needs lo ≤ hi, got lo = {lo}, hi = {hi}"),
+                )
+                .with_label(Some(self.label())),
+            );
         }
         self.unary(UnaryOp::Clamp { lo, hi })
     }

@@ -12,7 +12,7 @@
 //! beyond the few extras only it has (a dropout mask, class targets).
 //!
 //! Why a `RefCell`: [`Var`] is a `Copy` handle — a reference to its tape plus
-//! an index — so that formulas read like math (`(x.matmul(&u) + b).tanh()`).
+//! an index — so that formulas read like math (`(x.matmul(u) + b).tanh()`).
 //! Many handles share the tape, so recording goes through interior
 //! mutability; borrows last for one op and never escape. [`Tape::reset`]
 //! takes `&mut self`, so the borrow checker guarantees that no handle
@@ -21,7 +21,6 @@
 //! same shapes allocates nothing after its first step.
 
 pub(crate) mod backward;
-mod deferral;
 mod graph;
 pub(crate) mod pool;
 pub(crate) mod scope;
@@ -30,7 +29,7 @@ mod var;
 pub use backward::Grads;
 pub use var::Var;
 
-use crate::error::{or_panic, Error, ErrorKind, Result};
+use crate::error::{fail, or_panic, Error, ErrorKind, Result};
 use crate::ops::Op;
 use crate::params::{ParamKey, ParamStore};
 use crate::tensor::{Shape, Tensor};
@@ -70,6 +69,17 @@ pub(crate) struct Node<F> {
     pub(crate) label: u32,
 }
 
+impl<F: Real> Node<F> {
+    /// Whether the value may go back to the pool: no recorded backward rule
+    /// reads it, it is not a bound parameter, and it holds data.
+    fn releasable(&self) -> bool {
+        !(self.pinned
+            || self.released
+            || self.value.buffer_len() == 0
+            || matches!(self.op, Op::Param(_)))
+    }
+}
+
 /// Everything behind the tape's `RefCell`.
 pub(crate) struct Inner<F> {
     pub(crate) nodes: Vec<Node<F>>,
@@ -103,6 +113,30 @@ pub struct Tape<F: Real> {
 }
 
 static NEXT_TAPE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Short: the id, the generation (resets so far) and the node count.
+///
+/// ```
+/// let mut tape = tapegrad::Tape::<f32>::new();
+/// let _ = tape.constant(tapegrad::Tensor::zeros(&[2]));
+/// let id = tape.id();
+/// assert_eq!(format!("{tape:?}"), format!("Tape {{ id: {id}, generation: 0, nodes: 1 }}"));
+/// tape.reset();
+/// assert_eq!(format!("{tape:?}"), format!("Tape {{ id: {id}, generation: 1, nodes: 0 }}"));
+/// ```
+impl<F: Real> std::fmt::Debug for Tape<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Tape");
+        d.field("id", &self.id)
+            .field("generation", &self.generation());
+        match self.inner.try_borrow() {
+            Ok(inner) => d.field("nodes", &inner.nodes.len()),
+            // (Only while an op is being recorded.)
+            Err(_) => d.field("nodes", &format_args!("<recording>")),
+        };
+        d.finish()
+    }
+}
 
 impl<F: Real> Default for Tape<F> {
     fn default() -> Self {
@@ -207,7 +241,7 @@ impl<F: Real> Tape<F> {
         inner
             .nodes
             .iter()
-            .map(|n| n.value.data().len())
+            .map(|n| n.value.buffer_len())
             .sum::<usize>()
             + inner.pool.held()
     }
@@ -288,10 +322,10 @@ impl<F: Real> Tape<F> {
             let mut inner = self.inner.borrow_mut();
             let n = or_panic(crate::tensor::numel(shape));
             if n != data.len() {
-                or_panic::<()>(Err(Error::shape(
+                fail(Error::shape(
                     "constant_from_slice",
                     format!("{} elements do not fill {shape:?}", data.len()),
-                )));
+                ));
             }
             let buf = or_panic(inner.pool.copy_of(data, "constant_from_slice"));
             Tensor::from_parts(shape.into(), buf)
@@ -477,8 +511,10 @@ impl<F: Real> Tape<F> {
         drop(values);
         let (op, value) = result.map_err(|e| e.with_label(Some(inner.scopes.path(label))))?;
         if inner.anomaly {
-            check_finite(&value, "forward", &op, &inner.scopes.path(label))
-                .map_err(|e| with_operands_at(e, &value, &ids, &inner.nodes))?;
+            check_finite(value.data(), value.shape(), "forward", &op, || {
+                inner.scopes.path(label)
+            })
+            .map_err(|e| with_operands_at(e, &value, &ids, &inner.nodes))?;
         }
         if requires_grad {
             for (k, &j) in ids.iter().enumerate() {
@@ -508,11 +544,7 @@ impl<F: Real> Tape<F> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let node = &mut inner.nodes[id as usize];
-        if node.pinned
-            || node.released
-            || node.value.data().is_empty()
-            || matches!(node.op, Op::Param(_))
-        {
+        if !node.releasable() {
             return false;
         }
         node.released = true;
@@ -538,15 +570,40 @@ impl<F: Real> Tape<F> {
     /// assert!((dx - 2.0 * (1.0 - 3f64.tanh().powi(2))).abs() < 1e-12);
     /// ```
     pub fn release_unneeded(&self, keep: &[Var<'_, F>]) -> usize {
-        let n = self.len();
+        self.release_since(0, keep)
+    }
+
+    /// [`Tape::release_unneeded`] for the nodes recorded since the tape held
+    /// `start` nodes (`start = tape.len()` taken before): a scope whose
+    /// intermediate values go back to the pool as soon as it ends, unless a
+    /// backward rule reads them or they are in `keep`. The recurrent layers
+    /// run every cell step this way, so a cell needs no releases of its own.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let h0 = tape.var(Tensor::ones(&[1, 4]));
+    /// let start = tape.len();
+    /// let z = h0 * 3.0 + 1.0;                  // read by no backward rule
+    /// let h1 = z.tanh();                       // tanh's backward reads h1
+    /// assert_eq!(tape.release_since(start, &[h1]), 8); // h0·3 and z
+    /// assert!(!z.release());                 // already back in the pool
+    /// let g = h1.sum().backward();
+    /// assert!((g.wrt(h0).data()[0] - 3.0 * (1.0 - 4f64.tanh().powi(2))).abs() < 1e-12);
+    /// ```
+    pub fn release_since(&self, start: usize, keep: &[Var<'_, F>]) -> usize {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
         let mut freed = 0;
-        for id in 0..n as NodeId {
-            if keep.iter().any(|v| v.is_on(self) && v.id() == id) {
+        for id in start..inner.nodes.len() {
+            if keep.iter().any(|v| v.is_on(self) && v.id() as usize == id) {
                 continue;
             }
-            let len = self.inner.borrow().nodes[id as usize].value.data().len();
-            if self.release_node(id) {
-                freed += len;
+            let node = &mut inner.nodes[id];
+            if node.releasable() {
+                freed += node.value.buffer_len();
+                node.released = true;
+                inner.pool.give(node.value.take_data());
             }
         }
         freed
@@ -564,21 +621,23 @@ impl<F: Real> Tape<F> {
     }
 }
 
-/// An error if `value` holds NaN or ±∞ (anomaly mode).
+/// An error if `data` (a value of `shape` in the `forward` pass, or a
+/// gradient in `backward`) holds NaN or ±∞ (anomaly mode), naming `op` and
+/// the label `label()` builds (only on error).
 pub(crate) fn check_finite<F: Real>(
-    value: &Tensor<F>,
+    data: &[F],
+    shape: &[usize],
     pass: &str,
     op: &Op<F>,
-    label: &str,
+    label: impl FnOnce() -> String,
 ) -> Result<()> {
-    if let Some(pos) = value.data().iter().position(|x| !x.is_finite()) {
+    if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(Error::new(
             ErrorKind::NonFinite,
             op.name(),
             format!(
-                "{pass} produced {} at flat index {pos} of a {:?} {}",
-                value.data()[pos],
-                value.shape(),
+                "{pass} produced {} at flat index {pos} of a {shape:?} {}",
+                data[pos],
                 if pass == "forward" {
                     "value"
                 } else {
@@ -586,7 +645,7 @@ pub(crate) fn check_finite<F: Real>(
                 }
             ),
         )
-        .with_label(Some(label.to_string())));
+        .with_label(Some(label())));
     }
     Ok(())
 }
@@ -640,4 +699,48 @@ impl<F: Real> Drop for ScopeGuard<'_, F> {
 /// Shape helper shared by tape code: the shape of a var's value.
 pub(crate) fn shape_of<F: Real>(t: &Tensor<F>) -> Shape {
     t.shape().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Releases node `id`'s value even though a backward rule reads it: the
+    /// mistake an op makes when it does not declare what its rule reads.
+    fn release_behind_the_rules_back(tape: &Tape<f64>, id: NodeId) {
+        let mut inner = tape.inner.borrow_mut();
+        let node = &mut inner.nodes[id as usize];
+        node.released = true;
+        let buf = node.value.take_data();
+        inner.pool.give(buf);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "released [2, 3] value")]
+    fn a_rule_reading_an_undeclared_released_value_panics_in_debug_builds() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::ones(&[2, 3]));
+        let y = x.tanh(); // tanh's rule reads y
+        let loss = y.sum();
+        release_behind_the_rules_back(&tape, y.id());
+        let _ = loss.backward();
+    }
+
+    #[test]
+    fn release_since_keeps_what_rules_read_and_what_is_kept() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::ones(&[2, 3]));
+        let start = tape.len();
+        let a = x * 2.0; // read by no rule
+        let b = a.tanh(); // read by tanh's rule
+        let c = b + 1.0; // read by no rule, but kept
+        assert_eq!(tape.release_since(start, &[c]), 6);
+        assert!(!a.release(), "a went back to the pool already");
+        assert!(!b.release(), "b is pinned by tanh's rule");
+        assert!(c.release(), "c was kept, so it was still held");
+        let g = b.sum().backward();
+        let want = 2.0 * (1.0 - 2f64.tanh().powi(2));
+        assert!(g.wrt(x).data().iter().all(|&d| (d - want).abs() < 1e-15));
+    }
 }
