@@ -59,6 +59,10 @@
 //! - [`parallel`]: data-parallel training over batch shards, one tape per
 //!   core, gradients summed ([`DataParallel`]).
 //! - [`gradcheck`]: finite-difference checks of any function of vars.
+//! - [`forward`]: forward mode — the [`forward::Dual`] scalar and
+//!   Jacobian–vector products of any tape program.
+//! - [`second_order`]: Hessian–vector and Gauss–Newton–vector products
+//!   through time, on [`ParamVec`]s (vectors shaped like the parameters).
 //!
 //! ## Error policy
 //!
@@ -94,6 +98,7 @@
 
 pub mod checkpoint;
 mod error;
+pub mod forward;
 pub mod gradcheck;
 pub mod layers;
 pub mod models;
@@ -101,9 +106,11 @@ mod nonlinearity;
 mod ops;
 pub mod optim;
 pub mod parallel;
+mod param_vec;
 mod params;
 mod real;
 pub mod reference;
+pub mod second_order;
 mod tape;
 pub mod tensor;
 
@@ -111,6 +118,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use nonlinearity::Nonlinearity;
 pub use ops::Reduction;
 pub use parallel::DataParallel;
+pub use param_vec::ParamVec;
 pub use params::{Param, ParamKey, ParamStore};
 pub use real::Real;
 pub use tape::{Grads, ScopeGuard, Tape, Var};
