@@ -12,18 +12,19 @@
 //! O(mkn) of the products. A part that is all zero (data, a constant) is
 //! skipped: `x·Wᵀ` with a constant x costs two products, not three.
 //!
+//! Every product, however small, takes this path (no scalar loop below a
+//! size): the primal part is then computed by the very kernel call, with
+//! the same shapes and strides, that an f64 tape makes, so **the values
+//! and gradients of a dual pass are bitwise those of the plain pass** —
+//! only the tangents are new.
+//!
 //! Why here and not in `tensor/gemm.rs`: it is the dual type's
 //! [`Real::gemm`] hook, the one seam the rest of the crate calls; no other
 //! code knows that dual numbers exist.
 
 use super::Dual;
-use crate::tensor::gemm::{self, MatMut, MatRef};
+use crate::tensor::gemm::{MatMut, MatRef};
 use crate::Real;
-
-/// Below this many multiply-adds the plain loop beats splitting the
-/// operands (six allocations and copies) — the matrix–vector products of
-/// tiny models.
-const SPLIT_MIN_MACS: usize = 4096;
 
 /// The parts of the elements a strided view can reach, in the same layout
 /// (so the strides still apply), and whether the tangent part is all zero.
@@ -62,9 +63,6 @@ pub fn dual_gemm<F: Real>(
     accumulate: bool,
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if m.saturating_mul(n).saturating_mul(k) < SPLIT_MIN_MACS {
-        return gemm::naive(c, a, b, accumulate);
-    }
     assert!(
         c.rows == m && c.cols == n && b.rows == k && c.data.len() == m * n,
         "gemm: [{m}×{k}]·[{}×{n}] into [{}×{}]",
@@ -81,36 +79,43 @@ pub fn dual_gemm<F: Real>(
         rs: v.rs,
         cs: v.cs,
     };
-    let mut cp = vec![F::zero(); m * n];
+    // With `accumulate`, c's parts are the accumulators of the inner
+    // calls, exactly as an f64 tape passes its c.
+    let part = |f: fn(&Dual<F>) -> F| -> Vec<F> {
+        if accumulate {
+            c.data.iter().map(f).collect()
+        } else {
+            vec![F::zero(); m * n]
+        }
+    };
+    let mut cp = part(|d| d.primal);
+    let mut ct = part(|d| d.tangent);
     F::gemm(
         MatMut::row_major(&mut cp, m, n),
         view(&ap, &a),
         view(&bp, &b),
-        false,
+        accumulate,
     );
-    let mut ct = vec![F::zero(); m * n];
+    let mut written = accumulate;
     if !b_const {
         F::gemm(
             MatMut::row_major(&mut ct, m, n),
             view(&ap, &a),
             view(&bt, &b),
-            false,
+            written,
         );
+        written = true;
     }
     if !a_const {
         F::gemm(
             MatMut::row_major(&mut ct, m, n),
             view(&at, &a),
             view(&bp, &b),
-            !b_const,
+            written,
         );
     }
-    for ((o, &p), &t) in c.data.iter_mut().zip(&cp).zip(&ct) {
-        *o = if accumulate {
-            Dual::new(o.primal + p, o.tangent + t)
-        } else {
-            Dual::new(p, t)
-        };
+    for ((o, p), t) in c.data.iter_mut().zip(cp).zip(ct) {
+        *o = Dual::new(p, t);
     }
 }
 
@@ -132,7 +137,7 @@ mod tests {
             let mut c2 = c1.clone();
             let av = MatRef::row_major(lhs.as_slice(), m, k);
             let bv = MatRef::row_major(bt.as_slice(), n, k).t();
-            gemm::naive(MatMut::row_major(&mut c1, m, n), av, bv, acc);
+            crate::tensor::gemm::naive(MatMut::row_major(&mut c1, m, n), av, bv, acc);
             dual_gemm(MatMut::row_major(&mut c2, m, n), av, bv, acc);
             for (x, y) in c1.iter().zip(&c2) {
                 assert!((x.primal - y.primal).abs() < 1e-12);
