@@ -501,14 +501,50 @@ impl<F: Real> Float for Dual<F> {
 
 // ----- Real -----------------------------------------------------------------
 
-/// Elementwise kernels are the generic scalar loops over the rules above;
-/// the GEMM is three GEMMs of the inner type (`forward::gemm`), so a
-/// `Dual<f64>` product runs at the `gemm` crate's f64 rate.
+/// The GEMM is three GEMMs of the inner type (`forward::gemm`), so a
+/// `Dual<f64>` product runs at the `gemm` crate's f64 rate. tanh, σ and
+/// exp run the inner type's slice kernel on the values (SIMD for f32) and
+/// take the tangent from the output (`a′(1 − y²)`, `a′y(1 − y)`, `a′y`),
+/// so the values are bitwise those of an `F` tape.
 impl<F: Real> Real for Dual<F> {
     const NAME: &'static str = dual_name(F::NAME);
 
     fn gemm(c: MatMut<'_, Self>, a: MatRef<'_, Self>, b: MatRef<'_, Self>, accumulate: bool) {
         super::gemm::dual_gemm(c, a, b, accumulate)
+    }
+    fn tanh_in_place(xs: &mut [Self]) {
+        by_kernel(xs, F::tanh_in_place, |y| F::one() - y * y)
+    }
+    fn sigmoid_in_place(xs: &mut [Self]) {
+        by_kernel(xs, F::sigmoid_in_place, |y| y * (F::one() - y))
+    }
+    fn exp_in_place(xs: &mut [Self]) {
+        by_kernel(xs, F::exp_in_place, |y| y)
+    }
+    fn tanh_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        let at = dst.len();
+        dst.extend_from_slice(src);
+        Self::tanh_in_place(&mut dst[at..]);
+    }
+    fn sigmoid_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        let at = dst.len();
+        dst.extend_from_slice(src);
+        Self::sigmoid_in_place(&mut dst[at..]);
+    }
+    fn exp_extend(dst: &mut Vec<Self>, src: &[Self]) {
+        let at = dst.len();
+        dst.extend_from_slice(src);
+        Self::exp_in_place(&mut dst[at..]);
+    }
+}
+
+/// `x ← f(x)` for a unary `f` with a slice kernel for the values and its
+/// derivative as a function of the output `y`: `(a, a′) → (y, a′·f′(y))`.
+fn by_kernel<F: Real>(xs: &mut [Dual<F>], kernel: fn(&mut [F]), df: impl Fn(F) -> F) {
+    let mut y: Vec<F> = xs.iter().map(|x| x.primal).collect();
+    kernel(&mut y);
+    for (x, y) in xs.iter_mut().zip(y) {
+        *x = Dual::new(y, x.tangent * df(y));
     }
 }
 
@@ -583,6 +619,31 @@ mod tests {
         assert_eq!(<Dual<f64> as Real>::NAME, "dual<f64>");
         assert_eq!(format!("{}", Dual::new(1.5, -2.0)), "1.5-2ε");
         assert_eq!(format!("{}", Dual::constant(0.5f32)), "0.5");
+    }
+
+    #[test]
+    fn slice_kernels_match_the_scalar_rules() {
+        let xs: Vec<Dual<f64>> = (0..9)
+            .map(|i| Dual::new(i as f64 * 0.7 - 3.0, 1.0 - i as f64 * 0.3))
+            .collect();
+        type Case = (fn(&mut [Dual<f64>]), fn(Dual<f64>) -> Dual<f64>);
+        let cases: [Case; 3] = [
+            (Dual::tanh_in_place, Dual::tanh),
+            (
+                Dual::sigmoid_in_place,
+                crate::tensor::vecmath::sigmoid_scalar,
+            ),
+            (Dual::exp_in_place, Dual::exp),
+        ];
+        for (kernel, scalar) in cases {
+            let mut got = xs.clone();
+            kernel(&mut got);
+            for (g, &x) in got.iter().zip(&xs) {
+                let want = scalar(x);
+                assert_eq!(g.primal, want.primal);
+                assert!((g.tangent - want.tangent).abs() <= 1e-15 * want.tangent.abs().max(1.0));
+            }
+        }
     }
 
     #[test]

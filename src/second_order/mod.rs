@@ -25,9 +25,15 @@
 //! Inputs can be differentiated too ([`hvp_with_inputs`]): `v` then has a
 //! part for the inputs, and the product is with the Hessian in (θ, x)
 //! jointly.
+//!
+//! [`conjugate_gradient`] (`cg.rs`) solves `(G + λI)·x = −∇L` with these
+//! products — the inner loop of Hessian-free training
+//! (`examples/hessian_free.rs`).
 
+mod cg;
 mod gauss_newton;
 
+pub use cg::{conjugate_gradient, CgOptions, CgSolution};
 pub use gauss_newton::{gnvp, Gnvp, Readout};
 
 use crate::forward::{check_counts, dual_tensor, lift, primal_part, tangent_part, Dual};
