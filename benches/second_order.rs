@@ -11,9 +11,10 @@
 //!
 //! - `grad_f64`: loss and gradient, one f64 tape reused across iterations
 //!   (how a training loop runs);
-//! - `hvp_f64`: [`tapegrad::second_order::hvp`] on `Dual<f64>` — loss,
-//!   gradient and H·v (a fresh dual tape per call, as the function does);
-//! - `gnvp_f64`: [`tapegrad::second_order::gnvp`], the Gauss–Newton
+//! - `hvp_f64`: [`tapegrad::second_order::hvp_in`] on `Dual<f64>` — loss,
+//!   gradient and H·v, one dual tape reused across iterations (like the
+//!   gradient's);
+//! - `gnvp_f64`: [`tapegrad::second_order::gnvp_in`], the Gauss–Newton
 //!   product with the same readout;
 //! - `grad_f32` and `hvp_f32`: the same in f32.
 //!
@@ -28,7 +29,7 @@ use std::hint::black_box;
 use std::time::Duration;
 use tapegrad::forward::Dual;
 use tapegrad::layers::{Linear, Lstm, RecurrentConfig, Rnn};
-use tapegrad::second_order::{gnvp, hvp, Readout};
+use tapegrad::second_order::{gnvp_in, hvp_in, Readout};
 use tapegrad::{ParamStore, ParamVec, Real, Reduction, Tape, Tensor, Var};
 
 #[derive(Clone, Copy)]
@@ -135,11 +136,15 @@ fn second_order(c: &mut Criterion) {
                     tape.reset_with(grads);
                 })
             });
+            let mut dual = Tape::<Dual<f64>>::new();
             g.bench_function("hvp_f64", |b| {
-                b.iter(|| black_box(hvp(&store, &v, |t, s| m.loss(t, s, &xd)).hv))
+                b.iter(|| black_box(hvp_in(&mut dual, &store, &v, |t, s| m.loss(t, s, &xd)).hv))
             });
             g.bench_function("gnvp_f64", |b| {
-                b.iter(|| black_box(gnvp(&store, &v, &readout, |t, s| m.logits(t, s, &xd)).gv))
+                b.iter(|| {
+                    let out = gnvp_in(&mut dual, &store, &v, &readout, |t, s| m.logits(t, s, &xd));
+                    black_box(out.gv)
+                })
             });
             let mut tape32 = Tape::<f32>::new();
             g.bench_function("grad_f32", |b| {
@@ -149,8 +154,11 @@ fn second_order(c: &mut Criterion) {
                     tape32.reset_with(grads);
                 })
             });
+            let mut dual32 = Tape::<Dual<f32>>::new();
             g.bench_function("hvp_f32", |b| {
-                b.iter(|| black_box(hvp(&store32, &v32, |t, s| m.loss(t, s, &xd32)).hv))
+                b.iter(|| {
+                    black_box(hvp_in(&mut dual32, &store32, &v32, |t, s| m.loss(t, s, &xd32)).hv)
+                })
             });
             g.finish();
         }

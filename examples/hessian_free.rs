@@ -23,10 +23,10 @@
 //! a fresh batch, then runs conjugate gradients
 //! ([`tapegrad::second_order::conjugate_gradient`]) on the damped
 //! Gauss–Newton system `(G + λI)·d = −g`, each product `G·p` a
-//! [`tapegrad::second_order::gnvp`] on a sub-batch (forward mode for J·p,
-//! the closed-form Hessian of the squared error, a reverse sweep for Jᵀ);
-//! CG starts from 0.95× the previous solution and stops on Martens'
-//! progress test. A backtracking line search along d (Armijo, c = 10⁻²)
+//! [`tapegrad::second_order::gnvp_in`] on a sub-batch (forward mode for
+//! J·p, the closed-form Hessian of the squared error, a reverse sweep for
+//! Jᵀ; one dual tape reused by every product); CG starts from 0.95× the
+//! previous solution and stops on Martens' progress test. A backtracking line search along d (Armijo, c = 10⁻²)
 //! sets the step, and λ follows the Levenberg–Marquardt rule: with
 //! ρ = (L(θ + d) − L(θ)) / (gᵀd + ½dᵀGd), λ ← 1.5λ if ρ < ¼, λ ← ⅔λ if
 //! ρ > ¾. (Martens & Sutskever's structural damping is not used.)
@@ -44,7 +44,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tapegrad::layers::{Linear, RecurrentConfig, Rnn};
 use tapegrad::optim::{clip_grad_norm, Adam, Optimizer};
-use tapegrad::second_order::{conjugate_gradient, gnvp, CgOptions, Readout};
+use tapegrad::second_order::{conjugate_gradient, gnvp_in, CgOptions, Readout};
 use tapegrad::{ParamStore, ParamVec, Real, Reduction, Tape, Tensor, Var};
 
 /// The run's settings (see `--help`).
@@ -215,6 +215,8 @@ type Curve = Vec<(f64, f64, f64)>;
 fn hessian_free(a: &Args, test: &(Tensor<f64>, Tensor<f64>)) -> Curve {
     let (mut store, m) = new_model(a);
     let mut lambda = 1.0f64;
+    // one dual tape for all Gauss–Newton products: its buffers are reused
+    let mut dual = Tape::new();
     let mut d_prev = ParamVec::zeros_like(&store);
     let (mut used, mut curve) = (0.0, Curve::new());
     let (mse, ok) = m.evaluate(&store, &test.0, &test.1);
@@ -236,7 +238,7 @@ fn hessian_free(a: &Args, test: &(Tensor<f64>, Tensor<f64>)) -> Curve {
         let mut products = 0;
         let apply = |p: &ParamVec<f64>| {
             products += 1;
-            let mut gp = gnvp(&store, p, &readout, |t, s| m.predict(t, s, &xc)).gv;
+            let mut gp = gnvp_in(&mut dual, &store, p, &readout, |t, s| m.predict(t, s, &xc)).gv;
             gp.axpy(lambda, p);
             gp
         };

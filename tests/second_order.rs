@@ -209,76 +209,72 @@ const KINDS: [Kind; 4] = [
 ];
 const SHAPES: [(usize, bool); 4] = [(1, false), (2, false), (1, true), (2, true)];
 
-#[test]
-fn jvp_of_every_layer_matches_central_differences() {
+/// Runs `check` (which returns a relative error) on every layer kind and
+/// shape, asserts each error is ≤ `tol`, and prints the worst.
+fn on_every_layer(what: &str, tol: f64, check: impl Fn(&ParamStore<f64>, &Model) -> f64) {
     let mut worst = 0.0f64;
     for kind in KINDS {
         for (layers, bidir) in SHAPES {
             let mut store = ParamStore::new();
             let m = Model::new(&mut store, kind, layers, bidir);
-            let v = ParamVec::randn_like(&store, 5);
-            let dx = Tensor::randn(m.x.shape(), 6);
-            let dh: Vec<Tensor<f64>> = (0..m.entries)
-                .map(|k| Tensor::randn(&[B, H], 60 + k as u64))
-                .collect();
-            let got = jvp_params(&store, &v, |tape, s| {
-                let x = tape.constant(dual_tensor(&m.x, &dx));
-                let h0: Vec<_> =
-                    m.h0.iter()
-                        .zip(&dh)
-                        .map(|(h, d)| tape.constant(dual_tensor(h, d)))
-                        .collect();
-                m.outputs(tape, s, x, &h0)
-            });
-            let at = |a: f64| {
-                let s = shifted(&store, &v, a);
-                let tape = Tape::new();
-                let x = tape.constant(axpy(&m.x, a, &dx));
-                let h0: Vec<_> =
-                    m.h0.iter()
-                        .zip(&dh)
-                        .map(|(h, d)| tape.constant(axpy(h, a, d)))
-                        .collect();
-                m.outputs(&tape, &s, x, &h0).to_tensor().into_vec()
-            };
-            let fd = central(at);
-            // the values of a dual pass are bitwise those of the f64 pass
-            assert_eq!(got.value.data(), &at(0.0)[..], "{kind:?}: values");
-            let e = rel_err(got.tangent.data(), &fd);
+            let e = check(&store, &m);
             assert!(
-                e <= JVP_TOL,
-                "{kind:?} layers={layers} bidir={bidir}: {e:e}"
+                e <= tol,
+                "{what}, {kind:?} layers={layers} bidir={bidir}: {e:e}"
             );
             worst = worst.max(e);
         }
     }
-    println!("JVP, every layer: worst relative error {worst:.2e}");
+    println!("{what}, every layer: worst relative error {worst:.2e}");
+}
+
+#[test]
+fn jvp_of_every_layer_matches_central_differences() {
+    on_every_layer("JVP", JVP_TOL, |store, m| {
+        let v = ParamVec::randn_like(store, 5);
+        let dx = Tensor::randn(m.x.shape(), 6);
+        let dh: Vec<Tensor<f64>> = (0..m.entries)
+            .map(|k| Tensor::randn(&[B, H], 60 + k as u64))
+            .collect();
+        let got = jvp_params(store, &v, |tape, s| {
+            let x = tape.constant(dual_tensor(&m.x, &dx));
+            let h0: Vec<_> =
+                m.h0.iter()
+                    .zip(&dh)
+                    .map(|(h, d)| tape.constant(dual_tensor(h, d)))
+                    .collect();
+            m.outputs(tape, s, x, &h0)
+        });
+        let at = |a: f64| {
+            let s = shifted(store, &v, a);
+            let tape = Tape::new();
+            let x = tape.constant(axpy(&m.x, a, &dx));
+            let h0: Vec<_> =
+                m.h0.iter()
+                    .zip(&dh)
+                    .map(|(h, d)| tape.constant(axpy(h, a, d)))
+                    .collect();
+            m.outputs(&tape, &s, x, &h0).to_tensor().into_vec()
+        };
+        // the values of a dual pass are bitwise those of the f64 pass
+        assert_eq!(got.value.data(), &at(0.0)[..], "{:?}: values", m.kind);
+        rel_err(got.tangent.data(), &central(at))
+    });
 }
 
 #[test]
 fn hvp_of_every_layer_matches_central_differences_of_the_gradient() {
-    let mut worst = 0.0f64;
-    for kind in KINDS {
-        for (layers, bidir) in SHAPES {
-            let mut store = ParamStore::new();
-            let m = Model::new(&mut store, kind, layers, bidir);
-            let v = ParamVec::randn_like(&store, 7);
-            let out = hvp(&store, &v, |tape, s| m.loss(tape, s));
-            let g = m.grad(&store);
-            assert!(
-                flat(&out.grad) == flat(&g),
-                "{kind:?}: the gradient of a dual sweep is bitwise the f64 one"
-            );
-            let fd = central(|a| flat(&m.grad(&shifted(&store, &v, a))));
-            let e = rel_err(&flat(&out.hv), &fd);
-            assert!(
-                e <= HVP_TOL,
-                "{kind:?} layers={layers} bidir={bidir}: {e:e}"
-            );
-            worst = worst.max(e);
-        }
-    }
-    println!("HVP, every layer: worst relative error {worst:.2e}");
+    on_every_layer("HVP", HVP_TOL, |store, m| {
+        let v = ParamVec::randn_like(store, 7);
+        let out = hvp(store, &v, |tape, s| m.loss(tape, s));
+        assert!(
+            flat(&out.grad) == flat(&m.grad(store)),
+            "{:?}: the gradient of a dual sweep is bitwise the f64 one",
+            m.kind
+        );
+        let fd = central(|a| flat(&m.grad(&shifted(store, &v, a))));
+        rel_err(&flat(&out.hv), &fd)
+    });
 }
 
 #[test]

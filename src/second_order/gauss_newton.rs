@@ -227,19 +227,57 @@ where
     F: Real,
     M: for<'t> Fn(&'t Tape<Dual<F>>, &ParamStore<Dual<F>>) -> Var<'t, Dual<F>>,
 {
-    let dual = lift(store, Some(v));
-    let tape = Tape::new();
-    let z = model(&tape, &dual);
-    let (zp, jv) = {
-        let value = z.value();
-        (primal_part(&value), tangent_part(&value))
+    gnvp_in(&mut Tape::new(), store, v, readout, model)
+}
+
+/// [`gnvp`] on a dual tape the caller keeps (reset when done, its buffers
+/// pooled): the form for the inner loop of conjugate gradients, where the
+/// same shapes are recorded once per product.
+///
+/// ```
+/// use tapegrad::second_order::{gnvp, gnvp_in, Readout};
+/// use tapegrad::{ParamStore, ParamVec, Reduction, Tape, Tensor};
+/// let mut store = ParamStore::<f64>::new();
+/// let w = store.insert("w", Tensor::randn(&[3, 2], 1));
+/// let targets = [0, 2];
+/// let readout = Readout::SoftmaxCrossEntropy { targets: &targets, reduction: Reduction::Sum };
+/// let x = Tensor::<f64>::randn(&[2, 2], 2);
+/// let v = ParamVec::randn_like(&store, 3);
+/// let mut tape = Tape::new();
+/// let a = gnvp_in(&mut tape, &store, &v, &readout, |t, s| t.constant(x.cast()).matmul_t(t.param(s, w)));
+/// let b = gnvp(&store, &v, &readout, |t, s| t.constant(x.cast()).matmul_t(t.param(s, w)));
+/// assert_eq!(a, b);
+/// ```
+#[track_caller]
+pub fn gnvp_in<F, M>(
+    tape: &mut Tape<Dual<F>>,
+    store: &ParamStore<F>,
+    v: &ParamVec<F>,
+    readout: &Readout<'_, F>,
+    model: M,
+) -> Gnvp<F>
+where
+    F: Real,
+    M: for<'t> Fn(&'t Tape<Dual<F>>, &ParamStore<Dual<F>>) -> Var<'t, Dual<F>>,
+{
+    let (out, grads) = {
+        let tape = &*tape;
+        let dual = lift(store, Some(v));
+        let z = model(tape, &dual);
+        let (zp, jv) = {
+            let value = z.value();
+            (primal_part(&value), tangent_part(&value))
+        };
+        let u = readout.hessian_times(&zp, &jv);
+        let grads = z.backward_with(dual_tensor(&u, &Tensor::zeros(u.shape())));
+        let (gv, _) = parts_of_params(store, &dual, &grads);
+        let out = Gnvp {
+            loss: readout.value(&zp),
+            gv,
+            jv,
+        };
+        (out, grads)
     };
-    let u = readout.hessian_times(&zp, &jv);
-    let grads = z.backward_with(dual_tensor(&u, &Tensor::zeros(u.shape())));
-    let (gv, _) = parts_of_params(store, &dual, &grads);
-    Gnvp {
-        loss: readout.value(&zp),
-        gv,
-        jv,
-    }
+    tape.reset_with(grads);
+    out
 }

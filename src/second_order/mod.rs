@@ -34,7 +34,7 @@ mod cg;
 mod gauss_newton;
 
 pub use cg::{conjugate_gradient, CgOptions, CgSolution};
-pub use gauss_newton::{gnvp, Gnvp, Readout};
+pub use gauss_newton::{gnvp, gnvp_in, Gnvp, Readout};
 
 use crate::forward::{check_counts, dual_tensor, lift, primal_part, tangent_part, Dual};
 use crate::{ParamStore, ParamVec, Real, Tape, Tensor, Var};
@@ -91,7 +91,43 @@ where
     F: Real,
     L: for<'t> Fn(&'t Tape<Dual<F>>, &ParamStore<Dual<F>>) -> Var<'t, Dual<F>>,
 {
-    hvp_with_inputs(store, v, &[], &[], |tape, s, _| loss(tape, s))
+    hvp_in(&mut Tape::new(), store, v, loss)
+}
+
+/// [`hvp`] on a dual tape the caller keeps: the tape is reset when the
+/// product is done and its buffers stay in its pool, so a loop of products
+/// (conjugate gradients, a training loop) allocates nothing after its first
+/// one, as a reused f64 tape does for gradients.
+///
+/// ```
+/// use tapegrad::second_order::hvp_in;
+/// use tapegrad::{ParamStore, ParamVec, Tape, Tensor};
+/// let mut store = ParamStore::<f64>::new();
+/// let w = store.insert("w", Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap());
+/// let mut tape = Tape::new();
+/// for seed in 0..3 {
+///     let v = ParamVec::randn_like(&store, seed);
+///     let out = hvp_in(&mut tape, &store, &v, |t, s| t.param(s, w).exp().sum());
+///     // H = diag(eʷ)
+///     let want: Vec<f64> = [1f64, 2.0].iter().zip(v.to_flat()).map(|(w, v)| w.exp() * v).collect();
+///     assert_eq!(out.hv.to_flat(), want);
+/// }
+/// assert!(tape.is_empty());
+/// ```
+#[track_caller]
+pub fn hvp_in<F, L>(
+    tape: &mut Tape<Dual<F>>,
+    store: &ParamStore<F>,
+    v: &ParamVec<F>,
+    loss: L,
+) -> Hvp<F>
+where
+    F: Real,
+    L: for<'t> Fn(&'t Tape<Dual<F>>, &ParamStore<Dual<F>>) -> Var<'t, Dual<F>>,
+{
+    let (out, grads) = run_hvp(tape, store, v, &[], &[], |t, s, _| loss(t, s));
+    tape.reset_with(grads);
+    out
 }
 
 /// [`hvp`] with respect to the parameters *and* the tensors `inputs`:
@@ -128,15 +164,32 @@ where
     F: Real,
     L: for<'t> Fn(&'t Tape<Dual<F>>, &ParamStore<Dual<F>>, &[Var<'t, Dual<F>>]) -> Var<'t, Dual<F>>,
 {
+    run_hvp(&Tape::new(), store, v, inputs, input_v, loss).0
+}
+
+/// The product on `tape`, and the dual gradients (for the caller to hand
+/// back to the tape's pool).
+#[track_caller]
+fn run_hvp<F, L>(
+    tape: &Tape<Dual<F>>,
+    store: &ParamStore<F>,
+    v: &ParamVec<F>,
+    inputs: &[Tensor<F>],
+    input_v: &[Tensor<F>],
+    loss: L,
+) -> (Hvp<F>, crate::Grads<Dual<F>>)
+where
+    F: Real,
+    L: for<'t> Fn(&'t Tape<Dual<F>>, &ParamStore<Dual<F>>, &[Var<'t, Dual<F>>]) -> Var<'t, Dual<F>>,
+{
     check_counts("hvp", inputs, input_v);
     let dual = lift(store, Some(v));
-    let tape = Tape::new();
     let xs: Vec<_> = inputs
         .iter()
         .zip(input_v)
         .map(|(x, dx)| tape.var(dual_tensor(x, dx)))
         .collect();
-    let l = loss(&tape, &dual, &xs);
+    let l = loss(tape, &dual, &xs);
     let grads = l.backward();
     let value = l.item().primal;
     let (grad, hv) = parts_of_params(store, &dual, &grads);
@@ -147,13 +200,14 @@ where
             (primal_part(g), tangent_part(g))
         })
         .unzip();
-    Hvp {
+    let out = Hvp {
         loss: value,
         grad,
         hv,
         input_grad,
         input_hv,
-    }
+    };
+    (out, grads)
 }
 
 /// The primal and tangent parts of the parameter gradients of a dual
