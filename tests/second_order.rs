@@ -159,7 +159,11 @@ impl Model {
                 })
                 .collect()
         });
-        let init = State { h: h0.to_vec(), c };
+        let init = State {
+            h: h0.to_vec(),
+            c,
+            extra: Vec::new(),
+        };
         match &self.layer {
             Layer::Rnn(l) => l.forward(tape, store, x, Some(&init)),
             Layer::Lstm(l) => l.forward(tape, store, x, Some(&init)),
