@@ -5,7 +5,9 @@
 //! one-layer RNN (tanh) or LSTM over T steps, the readout
 //! `o(t) = h(t)·W_outᵀ + b_out` over all T·B rows, softmax cross-entropy
 //! summed over time and batch. Sizes S (B = 1, I = 64, H = 100, O = 64,
-//! T = 25) and M (B = 32, I = 64, H = 128, O = 64, T = 50), as there.
+//! T = 25) and M (B = 32, I = 64, H = 128, O = 64, T = 50) from
+//! `benches/common/sizes.rs`, as there (L is left out: an HVP at L takes
+//! seconds per iteration).
 //!
 //! Criterion groups `hvp/{rnn,lstm}/{S,M}`, each with:
 //!
@@ -24,42 +26,17 @@
 //! cargo bench --bench second_order
 //! ```
 
+#[path = "common/sizes.rs"]
+mod sizes;
+
 use criterion::{criterion_group, criterion_main, Criterion};
+use sizes::{Config, CONFIGS};
 use std::hint::black_box;
 use std::time::Duration;
 use tapegrad::forward::Dual;
 use tapegrad::layers::{Linear, Lstm, RecurrentConfig, Rnn};
 use tapegrad::second_order::{gnvp_in, hvp_in, Readout};
 use tapegrad::{ParamStore, ParamVec, Real, Reduction, Tape, Tensor, Var};
-
-#[derive(Clone, Copy)]
-struct Config {
-    name: &'static str,
-    b: usize,
-    i: usize,
-    h: usize,
-    o: usize,
-    t: usize,
-}
-
-const CONFIGS: [Config; 2] = [
-    Config {
-        name: "S",
-        b: 1,
-        i: 64,
-        h: 100,
-        o: 64,
-        t: 25,
-    },
-    Config {
-        name: "M",
-        b: 32,
-        i: 64,
-        h: 128,
-        o: 64,
-        t: 50,
-    },
-];
 
 enum Layer {
     Rnn(Rnn),
@@ -112,7 +89,7 @@ impl Model {
 fn second_order(c: &mut Criterion) {
     tapegrad::set_num_threads(1);
     for (kind, lstm) in [("rnn", false), ("lstm", true)] {
-        for cfg in &CONFIGS {
+        for cfg in CONFIGS.iter().filter(|c| c.name != "L") {
             let mut store = ParamStore::<f64>::new();
             let m = Model::new(cfg, lstm, &mut store);
             let v = ParamVec::randn_like(&store, 1);
