@@ -8,6 +8,10 @@
 //! `Result<_, Error>`, and the few panicking entry points a caller may want to
 //! probe have a `try_` form. Every message names the operation, the tape label
 //! where there is one, and the shapes involved.
+//!
+//! Every such panic goes through one helper, [`fail`] (with [`or_panic`]
+//! its form for a `Result`), so a panic message is always an `Error`'s
+//! `Display`: `tapegrad: {op} at `{label}`: {message}`.
 
 use std::fmt;
 
@@ -124,19 +128,46 @@ impl From<std::io::Error> for Error {
 /// Shorthand for `Result<T, tapegrad::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Unwraps `r`, panicking with the error's message: the panicking half of the
-/// error policy.
+/// Panics with `error`'s message: the panicking half of the error policy,
+/// and the one place the crate panics on a programmer error (a caller's
+/// mistake; the crate's own invariants use `expect`/`unreachable!`). The
+/// panic points at the caller of the `#[track_caller]` chain.
+#[cold]
+#[inline(never)]
+#[track_caller]
+pub(crate) fn fail(error: Error) -> ! {
+    panic!("{error}")
+}
+
+/// Unwraps `r`, or [`fail`]s with its error.
 #[track_caller]
 pub(crate) fn or_panic<T>(r: Result<T>) -> T {
     match r {
         Ok(v) => v,
-        Err(e) => panic!("{e}"),
+        Err(e) => fail(e),
     }
 }
 
-/// Panics with an [`Error`] of `kind` raised by `op`: the panicking half of
-/// the error policy where there is no `Result` to unwrap.
-#[track_caller]
-pub(crate) fn fail(kind: ErrorKind, op: &str, message: impl Into<String>) -> ! {
-    panic!("{}", Error::new(kind, op, message))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(f: impl FnOnce()) -> String {
+        let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+        p.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn fail_panics_with_the_errors_display() {
+        let e = Error::new(ErrorKind::Shape, "matmul", "inner dimensions differ")
+            .with_label(Some("lstm/t=3".into()));
+        let shown = e.to_string();
+        assert_eq!(
+            shown,
+            "tapegrad: matmul at `lstm/t=3`: inner dimensions differ"
+        );
+        assert_eq!(message(|| fail(e.clone())), shown);
+        assert_eq!(message(|| or_panic::<()>(Err(e))), shown);
+        assert_eq!(or_panic(Ok::<_, Error>(7)), 7);
+    }
 }

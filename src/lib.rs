@@ -84,8 +84,10 @@
 //!
 //! Either way the message is the [`Error`]'s `Display`, and its
 //! [`ErrorKind`] says which class it is. There is no undefined behaviour:
-//! the crate denies `unsafe` except in the one GEMM call
-//! (`tensor/gemm.rs`), whose bounds are checked in safe code first.
+//! the crate denies `unsafe` except in `tensor/gemm.rs`, whose two `unsafe`
+//! blocks call the GEMM kernels (`gemm`, and `matrixmultiply` for the
+//! shapes where its packing is faster) after checking in safe code that
+//! every index they can touch lies inside the borrowed slices.
 //!
 //! ## Numerics
 //!

@@ -39,7 +39,7 @@
 //!
 //! [`Reduction::Sum`]: crate::Reduction::Sum
 
-use crate::error::{or_panic, Error, ErrorKind, Result};
+use crate::error::{fail, or_panic, Error, ErrorKind, Result};
 use crate::tensor::gemm::limit_threads_here;
 use crate::{Grads, Real, Tape, Tensor};
 use std::ops::Range;
@@ -326,11 +326,11 @@ where
 #[track_caller]
 pub fn shard_ranges(batch: usize, workers: usize) -> Vec<Range<usize>> {
     if workers == 0 {
-        or_panic::<()>(Err(Error::new(
+        fail(Error::new(
             ErrorKind::InvalidArgument,
             "shard_ranges",
             format!("0 workers for a batch of {batch}"),
-        )));
+        ));
     }
     let n = workers.min(batch);
     if n == 0 {
@@ -368,10 +368,10 @@ fn copy_columns<T: Copy>(
 #[track_caller]
 fn check_cols(op: &str, cols: &Range<usize>, batch: usize) {
     if cols.start > cols.end || cols.end > batch {
-        or_panic::<()>(Err(Error::shape(
+        fail(Error::shape(
             op,
             format!("batch columns {cols:?} do not lie in 0..{batch}"),
-        )));
+        ));
     }
 }
 
@@ -394,10 +394,10 @@ fn check_cols(op: &str, cols: &Range<usize>, batch: usize) {
 pub fn shard_columns<F: Real>(x: &Tensor<F>, cols: Range<usize>) -> Tensor<F> {
     let shape = x.shape();
     if shape.len() < 2 {
-        or_panic::<()>(Err(Error::shape(
+        fail(Error::shape(
             "shard_columns",
             format!("x is {shape:?}; expected a time-major [T, B, …] tensor (rank ≥ 2)"),
-        )));
+        ));
     }
     let (steps, batch) = (shape[0], shape[1]);
     check_cols("shard_columns", &cols, batch);
@@ -426,13 +426,13 @@ pub fn shard_columns<F: Real>(x: &Tensor<F>, cols: Range<usize>) -> Tensor<F> {
 pub fn shard_targets<T: Copy>(targets: &[T], batch: usize, cols: Range<usize>) -> Vec<T> {
     // (a length is a multiple of 0 only if it is 0)
     if !targets.len().is_multiple_of(batch) {
-        or_panic::<()>(Err(Error::shape(
+        fail(Error::shape(
             "shard_targets",
             format!(
                 "{} targets are not T·B for a batch of {batch}",
                 targets.len()
             ),
-        )));
+        ));
     }
     check_cols("shard_targets", &cols, batch);
     if batch == 0 {
@@ -467,11 +467,11 @@ pub fn shard_targets<T: Copy>(targets: &[T], batch: usize, cols: Range<usize>) -
 #[track_caller]
 pub fn mean_weight<F: Real>(cols: &Range<usize>, batch: usize) -> F {
     if batch == 0 {
-        or_panic::<()>(Err(Error::new(
+        fail(Error::new(
             ErrorKind::InvalidArgument,
             "mean_weight",
             "a batch of 0 has no mean",
-        )));
+        ));
     }
     F::of(cols.len() as f64 / batch as f64)
 }

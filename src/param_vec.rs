@@ -9,7 +9,7 @@
 //! block of `H·v` that belongs to `lstm.weight_hh_l0` by its key; `to_flat`
 //! and `from_flat` are there for code that wants one long vector.
 
-use crate::error::{or_panic, Error, ErrorKind, Result};
+use crate::error::{fail, or_panic, Error, ErrorKind, Result};
 use crate::{Grads, ParamKey, ParamStore, Real, Tensor};
 
 /// One tensor per parameter of a store, in the store's order.
@@ -270,10 +270,10 @@ impl<F: Real> ParamVec<F> {
         for (k, t) in &self.entries {
             let p = store.get_mut(*k);
             if p.shape() != t.shape() {
-                or_panic::<()>(Err(Error::shape(
+                fail(Error::shape(
                     "ParamVec::add_to",
                     format!("entry {:?} for a parameter {:?}", t.shape(), p.shape()),
-                )));
+                ));
             }
             for (x, &d) in p.data_mut().iter_mut().zip(t.data()) {
                 *x = *x + alpha * d;

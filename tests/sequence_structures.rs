@@ -1,7 +1,6 @@
-//! The four sequence structures of the seed article (docs/bptt-math.md,
-//! "Sequence structures named in the seed"), each trained end to end through
-//! the public API on a small synthetic task and judged on data it was never
-//! trained on — a fixed held-out split of the sequence space (`held_out`,
+//! The four sequence structures (docs/bptt.md, "Sequence structures"), each
+//! trained end to end through the public API on a small synthetic task and
+//! judged on data it was never trained on — a fixed held-out split of the sequence space (`held_out`,
 //! about 1/5 of all sequences; training draws only from the rest) — or,
 //! where the input space is tiny (1 vs N, 30 inputs), on all of it.
 //!

@@ -31,7 +31,7 @@ pub mod gemm;
 
 pub use dual::Dual;
 
-use crate::error::{or_panic, Error};
+use crate::error::{fail, or_panic, Error};
 use crate::{ParamStore, ParamVec, Real, Tape, Tensor, Var};
 
 /// The tensor of duals `primal + tangent·ε`, elementwise.
@@ -49,14 +49,14 @@ use crate::{ParamStore, ParamVec, Real, Tape, Tensor, Var};
 #[track_caller]
 pub fn dual_tensor<F: Real>(primal: &Tensor<F>, tangent: &Tensor<F>) -> Tensor<Dual<F>> {
     if primal.shape() != tangent.shape() {
-        or_panic::<()>(Err(Error::shape(
+        fail(Error::shape(
             "dual_tensor",
             format!(
                 "primal {:?} and tangent {:?} differ",
                 primal.shape(),
                 tangent.shape()
             ),
-        )));
+        ));
     }
     let data = primal
         .data()
@@ -97,7 +97,7 @@ pub fn tangent_part<F: Real>(t: &Tensor<Dual<F>>) -> Tensor<F> {
 #[track_caller]
 pub fn lift<F: Real>(store: &ParamStore<F>, tangent: Option<&ParamVec<F>>) -> ParamStore<Dual<F>> {
     store.map(|k, p| match tangent.and_then(|v| v.get(k)) {
-        Some(t) if t.shape() != p.value.shape() => or_panic(Err(Error::shape(
+        Some(t) if t.shape() != p.value.shape() => fail(Error::shape(
             "lift",
             format!(
                 "tangent {:?} for parameter `{}` of shape {:?}",
@@ -105,7 +105,7 @@ pub fn lift<F: Real>(store: &ParamStore<F>, tangent: Option<&ParamVec<F>>) -> Pa
                 p.name,
                 p.value.shape()
             ),
-        ))),
+        )),
         Some(t) => dual_tensor(&p.value, t),
         None => Tensor::from_fn(p.value.shape(), |i| Dual::constant(p.value.data()[i])),
     })
@@ -207,9 +207,9 @@ fn split<F: Real>(y: &Var<'_, Dual<F>>) -> Jvp<F> {
 #[track_caller]
 pub(crate) fn check_counts<F: Real>(op: &str, inputs: &[Tensor<F>], tangents: &[Tensor<F>]) {
     if inputs.len() != tangents.len() {
-        or_panic::<()>(Err(Error::shape(
+        fail(Error::shape(
             op,
             format!("{} inputs and {} tangents", inputs.len(), tangents.len()),
-        )));
+        ));
     }
 }

@@ -439,11 +439,11 @@ impl<'s, 't, F: Real> Step<'s, 't, F> {
     /// Panics naming the cell, the layer, the direction and the step.
     #[track_caller]
     pub(crate) fn misuse(&self, what: &str, msg: &str) -> ! {
-        crate::error::fail(
+        crate::error::fail(crate::Error::new(
             crate::ErrorKind::InvalidArgument,
-            &format!("{}::step", self.cell),
+            format!("{}::step", self.cell),
             format!("{what}: {msg} ({})", self.at),
-        )
+        ))
     }
 }
 

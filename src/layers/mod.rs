@@ -43,9 +43,6 @@ pub(crate) fn init_bound(fan: usize) -> f64 {
     1.0 / (fan.max(1) as f64).sqrt()
 }
 
-/// A seed for parameter `index` of a layer seeded with `seed`.
-pub(crate) fn derive_seed(seed: u64, index: u64) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(index.wrapping_mul(0xBF58_476D_1CE4_E5B9))
-        ^ 0x94D0_49BB_1331_11EB
-}
+/// A seed for parameter `index` of a layer seeded with `seed` (shared with
+/// the reference).
+pub(crate) use crate::tensor::derive_seed;

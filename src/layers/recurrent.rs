@@ -23,7 +23,7 @@
 use super::cell::{Cell, CellSpec, Projected, Step, StepPosition, Weight};
 use super::state::State;
 use super::{derive_seed, init_bound};
-use crate::error::{fail, ErrorKind};
+use crate::error::{fail, Error, ErrorKind};
 use crate::tensor::gemm::REORDER_MIN_ROWS;
 use crate::{Nonlinearity, ParamKey, ParamStore, Real, Tape, Var};
 
@@ -348,14 +348,14 @@ impl<C: Cell> Recurrent<C> {
     ) -> Self {
         let (h, op) = (cfg.hidden_size, cell.name().to_string());
         if h == 0 || cfg.num_layers == 0 {
-            fail(
+            fail(Error::new(
                 ErrorKind::Shape,
                 &op,
                 format!(
                     "hidden_size = {h} and num_layers = {} must both be at least 1",
                     cfg.num_layers
                 ),
-            );
+            ));
         }
         let first = cell.spec(cfg.input_size, h);
         check_spec(&op, &first, h);
@@ -858,7 +858,7 @@ impl<C: Cell> Recurrent<C> {
 
     #[track_caller]
     fn fail(&self, msg: String) -> ! {
-        fail(ErrorKind::Shape, self.cell.name(), msg)
+        fail(Error::new(ErrorKind::Shape, self.cell.name(), msg))
     }
 
     #[track_caller]
@@ -917,20 +917,26 @@ fn check_same_but_shapes(op: &str, first: &CellSpec, other: &CellSpec) {
         && first.states == other.states
         && names(first) == names(other);
     if !same {
-        fail(
+        fail(Error::new(
             ErrorKind::InvalidArgument,
             op,
             format!(
                 "cell spec: a stacked layer's spec differs from the first layer's in more than parameter shapes ({first:?} vs {other:?})"
             ),
-        );
+        ));
     }
 }
 
 /// Refuses a spec the engine cannot run, naming the cell.
 #[track_caller]
 fn check_spec(op: &str, spec: &CellSpec, hidden: usize) {
-    let bad = |msg: String| fail(ErrorKind::InvalidArgument, op, format!("cell spec: {msg}"));
+    let bad = |msg: String| {
+        fail(Error::new(
+            ErrorKind::InvalidArgument,
+            op,
+            format!("cell spec: {msg}"),
+        ))
+    };
     if spec.hidden != hidden {
         bad(format!(
             "hidden = {} but the layer's hidden_size is {hidden}",

@@ -45,7 +45,7 @@ impl Cell for RnnCell {
 /// h(t) = φ(x(t)·W_ihᵀ + b_ih + h(t−1)·W_hhᵀ + b_hh)
 /// ```
 ///
-/// In the seed article's notation `h(t) = φ(U x(t) + W h(t−1) + b)`:
+/// In the textbook notation (docs/bptt.md) `h(t) = φ(U x(t) + W h(t−1) + b)`:
 /// U = `weight_ih_l0` [H×I], W = `weight_hh_l0` [H×H],
 /// b = `bias_ih_l0` + `bias_hh_l0`; the readout `o(t) = V h(t) + c` is a
 /// [`Linear`](super::Linear) with V = its `weight`, c = its `bias`.

@@ -3,7 +3,7 @@
 use crate::layers::{derive_seed, Embedding, Linear, Lstm, RecurrentConfig, State};
 use crate::{ParamStore, Real, Tape, Var};
 
-/// The encoder–decoder of the seed article's "N vs M" structure: an LSTM
+/// The encoder–decoder of the "N vs M" structure (docs/bptt.md): an LSTM
 /// reads the source, its final state (h, c) is the context c handed to a
 /// second LSTM as its initial state, and the decoder emits the target one
 /// token at a time, each step reading the previous token.

@@ -12,6 +12,12 @@
 //! released once its forward consumers have run ([`crate::Var::release`]),
 //! so a rule must never touch the data of a value it does not declare —
 //! only its shape.
+//!
+//! The reverse sweep (`tape/backward.rs`) knows no family: it calls
+//! [`Op`]'s rules through `backward`, and reaches the one piece of op-specific
+//! speed work on its path — the products' weight gradients (the Wᵀ reorder
+//! and the deferred, batched gradients of shared weights) — through one
+//! hook, [`WeightGrads`], which lives with the products in `linalg/`.
 
 pub(crate) mod arith;
 pub(crate) mod broadcast;
@@ -23,6 +29,7 @@ pub(crate) mod select;
 pub(crate) mod shape;
 pub(crate) mod unary;
 
+pub(crate) use linalg::sweep::{CheckGrad, WeightGrads};
 pub use loss::Reduction;
 
 use crate::params::ParamKey;
@@ -42,7 +49,7 @@ pub(crate) enum Op<F> {
     /// Elementwise unary ops and activations (`unary.rs`), on the whole
     /// input or on a window of its columns.
     Unary(unary::UnaryOp<F>, Option<unary::Cols>),
-    /// Matrix products and transposes (`linalg.rs`).
+    /// Matrix products and transposes (`linalg/`).
     Linalg(linalg::LinalgOp),
     /// Sums and means (`reduce.rs`).
     Reduce(reduce::ReduceOp),
@@ -64,8 +71,8 @@ pub(crate) struct BackwardCtx<'a, F> {
     /// For an input that is the output of a 2-D `transpose`, the
     /// transpose's own (unreleased) input: that input's transpose, already
     /// row-major. A product with a weight reordered as Wᵀ reads W here for
-    /// its G·W, sparing a column-major operand (see `linalg.rs`). Filled for
-    /// products only; empty for every other op.
+    /// its G·W, sparing a column-major operand (see `linalg/reorder.rs`).
+    /// Filled for products only; empty for every other op.
     pub(crate) untransposed: &'a [Option<&'a Tensor<F>>],
 }
 
@@ -197,15 +204,6 @@ impl<F: Real> Op<F> {
             | Op::Shape(_)
             | Op::Dropout(_)
             | Op::Select(_) => false,
-        }
-    }
-
-    /// `Some(tb)` if the gradient for input `k` may be deferred and batched
-    /// with the other uses of the same weight (see `linalg::LinalgOp::deferrable`).
-    pub(crate) fn deferrable(&self, k: usize, x0: &Tensor<F>) -> Option<bool> {
-        match self {
-            Op::Linalg(o) => o.deferrable(k, x0),
-            _ => None,
         }
     }
 

@@ -9,7 +9,7 @@
 //! steps costs O(T) in backward, not O(T²); gather scatter-adds rows.
 
 use super::{BackwardCtx, GradSlot, Op};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{fail, Error, ErrorKind, Result};
 use crate::tensor::{numel, Shape, Tensor};
 use crate::{Real, Var};
 use std::borrow::Cow;
@@ -197,8 +197,7 @@ impl<'t, F: Real> Var<'t, F> {
     fn join(parts: &[Var<'t, F>], axis: usize, stack: bool) -> Var<'t, F> {
         let name = if stack { "stack" } else { "concat" };
         let Some(first) = parts.first() else {
-            crate::error::or_panic::<()>(Err(Error::shape(name, "needs at least one input")));
-            unreachable!()
+            fail(Error::shape(name, "needs at least one input"));
         };
         first.tape().record(name, parts, |x, pool| {
             let s0 = x[0].shape();
@@ -313,14 +312,16 @@ impl<'t, F: Real> Var<'t, F> {
         let shape = self.shape();
         let n = shape.get(axis).copied().unwrap_or(0);
         if parts == 0 || axis >= shape.len() || n % parts != 0 {
-            crate::error::or_panic::<()>(Err(Error::shape(
-                "split",
-                format!(
-                    "cannot split axis {axis} of {:?} into {parts} equal parts",
-                    shape.as_slice()
-                ),
-            )
-            .with_label(Some(self.label()))));
+            fail(
+                Error::shape(
+                    "split",
+                    format!(
+                        "cannot split axis {axis} of {:?} into {parts} equal parts",
+                        shape.as_slice()
+                    ),
+                )
+                .with_label(Some(self.label())),
+            );
         }
         let len = n / parts;
         (0..parts).map(|p| self.slice(axis, p * len, len)).collect()

@@ -17,7 +17,7 @@
 //! d/dx x^p at 0 for 0 < p < 1 = +∞ as IEEE gives them.
 
 use super::{BackwardCtx, GradSlot, Op};
-use crate::error::{Error, ErrorKind};
+use crate::error::{fail, Error, ErrorKind};
 use crate::tensor::Tensor;
 use crate::{Real, Var};
 use std::borrow::Cow;
@@ -531,12 +531,14 @@ impl<'t, F: Real> Var<'t, F> {
     #[track_caller]
     pub fn clamp(self, lo: F, hi: F) -> Var<'t, F> {
         if lo.is_nan() || hi.is_nan() || lo > hi {
-            crate::error::or_panic::<()>(Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "clamp",
-                format!("needs lo ≤ hi, got lo = {lo}, hi = {hi}"),
-            )
-            .with_label(Some(self.label()))));
+            fail(
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    "clamp",
+                    format!("needs lo ≤ hi, got lo = {lo}, hi = {hi}"),
+                )
+                .with_label(Some(self.label())),
+            );
         }
         self.unary(UnaryOp::Clamp { lo, hi })
     }

@@ -57,9 +57,7 @@ impl<F: Real> LstmParams<F> {
     /// ```
     pub fn random(input: usize, hidden: usize, output: usize, seed: u64) -> Self {
         let h = hidden;
-        let h4 = 4usize
-            .checked_mul(h)
-            .expect("LstmParams::random: 4·hidden overflows usize");
+        let h4 = elems("LstmParams::random", "4·hidden", &[4, h]);
         LstmParams {
             w_ih: init_uniform(&[h4, input], h, seed, 0),
             w_hh: init_uniform(&[h4, h], h, seed, 1),

@@ -116,8 +116,9 @@ mod rnn;
 pub use lstm::{LstmBptt, LstmGrads, LstmParams};
 pub use rnn::{RnnBptt, RnnGrads, RnnParams};
 
+use crate::error::{fail, or_panic, Error, ErrorKind};
 use crate::tensor::gemm::{MatMut, MatRef, REORDER_MIN_ROWS};
-use crate::tensor::{transpose_into, Tensor};
+use crate::tensor::{derive_seed, transpose_into, Tensor};
 use crate::Real;
 
 /// The sizes one BPTT instance is built for.
@@ -141,13 +142,17 @@ impl Dims {
         output: usize,
         steps: usize,
     ) -> Self {
-        assert!(steps > 0, "{op}: steps must be at least 1, got 0");
-        assert!(batch > 0, "{op}: batch must be at least 1, got 0");
-        assert!(hidden > 0, "{op}: hidden must be at least 1, got 0");
-        assert!(
-            output > 0,
-            "{op}: output must be at least 1 (the softmax needs a class), got 0"
-        );
+        for (what, n) in [("steps", steps), ("batch", batch), ("hidden", hidden)] {
+            if n == 0 {
+                invalid(op, format!("{what} must be at least 1, got 0"));
+            }
+        }
+        if output == 0 {
+            invalid(
+                op,
+                "output must be at least 1 (the softmax needs a class), got 0",
+            );
+        }
         Dims {
             batch,
             input,
@@ -163,57 +168,69 @@ impl Dims {
     }
 }
 
+/// Fails with an [`ErrorKind::InvalidArgument`] error raised by `op`.
+#[track_caller]
+fn invalid(op: &str, message: impl Into<String>) -> ! {
+    fail(Error::new(ErrorKind::InvalidArgument, op, message))
+}
+
 /// The product of `factors`, or a panic naming `what` if it overflows.
 #[track_caller]
 fn elems(op: &str, what: &str, factors: &[usize]) -> usize {
-    factors
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .unwrap_or_else(|| panic!("{op}: the size of {what} {factors:?} overflows usize"))
+    match factors.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+        Some(n) => n,
+        None => fail(Error::new(
+            ErrorKind::Size,
+            op,
+            format!("the size of {what} {factors:?} overflows usize"),
+        )),
+    }
 }
 
 /// Panics unless `t` has shape `want`.
 #[track_caller]
 fn expect_shape<F: Real>(op: &str, name: &str, t: &Tensor<F>, want: &[usize], formula: &str) {
-    assert!(
-        t.shape() == want,
-        "{op}: parameter {name} has shape {:?}, expected {formula} = {want:?}",
-        t.shape()
-    );
+    if t.shape() != want {
+        fail(Error::shape(
+            op,
+            format!(
+                "parameter {name} has shape {:?}, expected {formula} = {want:?}",
+                t.shape()
+            ),
+        ));
+    }
 }
 
 /// Panics unless a slice argument has `want` elements.
 #[track_caller]
 fn expect_len(op: &str, name: &str, got: usize, want: usize, formula: &str) {
-    assert!(
-        got == want,
-        "{op}: {name} has {got} elements, expected {formula} = {want}"
-    );
+    if got != want {
+        fail(Error::shape(
+            op,
+            format!("{name} has {got} elements, expected {formula} = {want}"),
+        ));
+    }
 }
 
 /// Panics unless every target is a class index below `classes`.
 #[track_caller]
 fn expect_targets(op: &str, targets: &[usize], classes: usize) {
     if let Some((k, &y)) = targets.iter().enumerate().find(|(_, &y)| y >= classes) {
-        panic!("{op}: targets[{k}] = {y} is not a class index below output = {classes}");
+        invalid(
+            op,
+            format!("targets[{k}] = {y} is not a class index below output = {classes}"),
+        );
     }
 }
 
-/// A seed for the `k`-th tensor made from `seed`: SplitMix64 of
-/// `seed + (k+1)·φ⁻¹·2⁶⁴`, so nearby seeds give unrelated streams.
-fn derive_seed(seed: u64, k: u64) -> u64 {
-    let mut z = seed.wrapping_add((k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// U(−1/√H, 1/√H) samples of `shape` (PyTorch's RNN initialisation).
+#[track_caller]
 fn init_uniform<F: Real>(shape: &[usize], hidden: usize, seed: u64, k: u64) -> Tensor<F> {
-    assert!(hidden > 0, "random parameters: hidden must be at least 1");
+    if hidden == 0 {
+        invalid("random parameters", "hidden must be at least 1");
+    }
     let bound = 1.0 / (hidden as f64).sqrt();
-    Tensor::uniform(shape, -bound, bound, derive_seed(seed, k))
-        .expect("a finite, non-empty interval")
+    or_panic(Tensor::uniform(shape, -bound, bound, derive_seed(seed, k)))
 }
 
 /// For each row of `logits` (`[rows × O]`, `O = bias.len()`): adds `bias`,
@@ -252,8 +269,8 @@ fn softmax_xent_rows<F: Real>(
     loss
 }
 
-/// `dst[j] = a[j] + b[j]`: the two biases folded into one, once per run.
-/// Where [`grads_from_dz`] writes.
+/// Where [`grads_from_dz`] writes: ∂L/∂h(0), ∂L/∂W_ih, ∂L/∂W_hh and, when
+/// the caller asked for it, ∂L/∂x (all T·B rows).
 struct DzGrads<'a, F> {
     dh0: &'a mut [F],
     dw_ih: &'a mut [F],
@@ -301,6 +318,7 @@ fn forward_operand<'a, F: Real>(w: &'a Tensor<F>, b: usize, scratch: &'a mut [F]
     }
 }
 
+/// `dst[j] = a[j] + b[j]`: the two biases folded into one, once per run.
 fn add_into<F: Real>(dst: &mut [F], a: &[F], b: &[F]) {
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
         *d = x + y;
@@ -326,15 +344,5 @@ mod tests {
         let l = softmax_xent_rows(&mut o, &[0.0, 0.0], &[0], &mut db);
         assert_eq!(l, 0.0);
         assert_eq!(o, [0.0, 0.0]);
-    }
-
-    #[test]
-    fn derived_seeds_differ() {
-        let s: Vec<u64> = (0..6).map(|k| derive_seed(1, k)).collect();
-        let t: Vec<u64> = (0..6).map(|k| derive_seed(2, k)).collect();
-        for (a, x) in s.iter().enumerate() {
-            assert!(!t.contains(x));
-            assert!(!s[a + 1..].contains(x));
-        }
     }
 }

@@ -24,7 +24,7 @@
 //! tape type, so the sweep runs on duals; see `docs/second_order.md`).
 
 use super::parts_of_params;
-use crate::error::{or_panic, Error, ErrorKind};
+use crate::error::{fail, or_panic, Error, ErrorKind};
 use crate::forward::{dual_tensor, lift, primal_part, tangent_part, Dual};
 use crate::{ParamStore, ParamVec, Real, Reduction, Tape, Tensor, Var};
 
@@ -100,10 +100,10 @@ impl<F: Real> Readout<'_, F> {
     pub fn hessian_times(&self, z: &Tensor<F>, w: &Tensor<F>) -> Tensor<F> {
         self.check(z);
         if w.shape() != z.shape() {
-            or_panic::<()>(Err(Error::shape(
+            fail(Error::shape(
                 "gnvp",
                 format!("direction {:?} for outputs {:?}", w.shape(), z.shape()),
-            )));
+            ));
         }
         let mean = self.reduction() == Reduction::Mean;
         match *self {
@@ -140,27 +140,27 @@ impl<F: Real> Readout<'_, F> {
     /// Panics unless the readout fits outputs `z` and reduces to a scalar.
     #[track_caller]
     fn check(&self, z: &Tensor<F>) {
-        let fail = |msg: String| or_panic::<()>(Err(Error::new(ErrorKind::Shape, "gnvp", msg)));
+        let shape_err = |msg: String| fail(Error::new(ErrorKind::Shape, "gnvp", msg));
         if self.reduction() == Reduction::None {
-            or_panic::<()>(Err(Error::new(
+            fail(Error::new(
                 ErrorKind::InvalidArgument,
                 "gnvp",
                 "a Gauss–Newton product needs a scalar loss: Reduction::Sum or Reduction::Mean",
-            )));
+            ));
         }
         match *self {
             Readout::SoftmaxCrossEntropy { targets, .. } => {
                 let cols = z.shape().last().copied().unwrap_or(0);
                 let rows = z.numel() / cols.max(1);
                 if z.rank() == 0 || z.rank() > 2 || rows != targets.len() {
-                    fail(format!(
+                    shape_err(format!(
                         "logits {:?} need [N×C] (or [C]) with one target per row, got {} targets",
                         z.shape(),
                         targets.len()
                     ));
                 }
                 if let Some(bad) = targets.iter().find(|&&t| t >= cols) {
-                    fail(format!(
+                    shape_err(format!(
                         "target class {bad} out of range for logits {:?}",
                         z.shape()
                     ));
@@ -168,7 +168,7 @@ impl<F: Real> Readout<'_, F> {
             }
             Readout::SquaredError { target, .. } => {
                 if target.shape() != z.shape() {
-                    fail(format!(
+                    shape_err(format!(
                         "target {:?} for outputs {:?}",
                         target.shape(),
                         z.shape()

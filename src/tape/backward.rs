@@ -10,16 +10,22 @@
 //! done, unless it is a leaf that requires a gradient or was marked with
 //! `retain_grad`.
 //!
+//! The sweep knows no op family. The one piece of op-specific speed work on
+//! its path — the products' weight gradients: a reordered weight's Wᵀ
+//! routed straight to W, and the gradients of a weight used at every step
+//! deferred and summed as one GEMM — is reached through one hook,
+//! `ops::WeightGrads` (`ops/linalg/sweep.rs`): before the sweep, as it
+//! reaches each node, where each input's gradient goes, and after. Anomaly
+//! mode takes the same path, with every gradient checked as it is produced.
+//!
 //! Why dense gradients: slots are a `Vec` indexed by node id, so finding an
 //! input's slot is an index, not a hash lookup. Nodes that do not require a
 //! gradient never get a slot (requires-grad pruning), and nodes the root
 //! does not depend on never receive one, so they cost nothing either.
 
-use super::deferral::Deferrals;
-use super::{check_finite, Node, NodeId, Tape, Var};
-use crate::error::{Error, ErrorKind, Result};
-use crate::ops::linalg::LinalgOp;
-use crate::ops::{BackwardCtx, GradSlot, Op};
+use super::{check_finite, NodeId, Tape, Var};
+use crate::error::{or_panic, Error, ErrorKind, Result};
+use crate::ops::{BackwardCtx, CheckGrad, GradSlot, Op, WeightGrads};
 use crate::params::ParamKey;
 use crate::tensor::Tensor;
 use crate::Real;
@@ -92,7 +98,7 @@ impl<F: Real> Grads<F> {
     /// As [`Grads::try_wrt`] errs.
     #[track_caller]
     pub fn wrt(&self, v: Var<'_, F>) -> &Tensor<F> {
-        crate::error::or_panic(self.try_wrt(v))
+        or_panic(self.try_wrt(v))
     }
 
     /// The gradient of a bound parameter, or `None` if `key` was not bound
@@ -214,9 +220,7 @@ impl<F: Real> Grads<F> {
     /// assert_eq!(g.param(w).unwrap().item(), 4.0);
     /// ```
     pub fn accumulate_params(&mut self, other: &Grads<F>) {
-        if let Err(e) = self.try_accumulate_params(other) {
-            panic!("{e}");
-        }
+        or_panic(self.try_accumulate_params(other))
     }
 
     pub(crate) fn into_buffers(self) -> impl Iterator<Item = Vec<F>> {
@@ -224,33 +228,15 @@ impl<F: Real> Grads<F> {
     }
 }
 
-/// The node that receives input `k`'s gradient from `node`, and whether it
-/// is not the input itself but the source W of a reordered weight Wᵀ: a
-/// product's right operand that is a transpose node (one nobody marked with
-/// `retain_grad`) passes its gradient straight on to W
-/// (`LinalgOp::backward_to_source`), so the layers' Wᵀ get no gradient
-/// slot and no transpose back. Any other consumer of the Wᵀ still gives it
-/// a slot, whose rule adds its transpose into W's later: contributions are
-/// additive, so both routes sum to the same gradient.
-pub(super) fn grad_target<F: Real>(nodes: &[Node<F>], node: &Node<F>, k: usize) -> (usize, bool) {
-    let j = node.inputs[k] as usize;
-    if k == 1 && matches!(node.op, Op::Linalg(LinalgOp::Matmul { .. })) {
-        let w = &nodes[j];
-        if matches!(w.op, Op::Linalg(LinalgOp::Transpose)) && !w.retain {
-            return (w.inputs[0] as usize, true);
-        }
-    }
-    (j, false)
-}
-
 impl<F: Real> Tape<F> {
     /// The reverse sweep from node `root`, seeded with ones or `seed`.
     pub(crate) fn backward_from(&self, root: NodeId, seed: Option<Tensor<F>>) -> Result<Grads<F>> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
-        let nodes = &inner.nodes;
-        let pool = &mut inner.pool;
         let root = root as usize;
+        let nodes = &inner.nodes[..=root];
+        let pool = &mut inner.pool;
+        let scopes = &inner.scopes;
         let mut slots: Vec<Option<Vec<F>>> = Vec::with_capacity(root + 1);
         slots.resize_with(root + 1, || None);
 
@@ -265,108 +251,76 @@ impl<F: Real> Tape<F> {
             });
         }
 
-        // Weight gradients deferred to one GEMM per weight and orientation
-        // (see `deferral`); none in anomaly mode, which checks each
-        // contribution as it is made.
-        let mut deferred = Deferrals::count(&nodes[..=root], !inner.anomaly);
+        // Anomaly mode: every gradient the sweep or the hook produces is
+        // checked, named by the node that produced it.
+        let check = |g: &[F], of: usize, by: usize| {
+            check_finite(
+                g,
+                nodes[of].value.shape(),
+                "backward",
+                &nodes[by].op,
+                || scopes.path(nodes[by].label),
+            )
+        };
+        let check: Option<CheckGrad<'_, F>> = inner.anomaly.then_some(&check);
+        // The products' weight gradients (Wᵀ routed to W, shared weights'
+        // gradients deferred and batched) — the sweep's one hook.
+        let mut weights = WeightGrads::before_sweep(nodes, check);
 
-        for i in (0..=root).rev() {
-            let node = &nodes[i];
-            deferred.flush_weight(i, nodes, &mut slots, pool)?;
+        for (i, node) in nodes.iter().enumerate().rev() {
+            weights.reached(i, &mut slots, pool)?;
             let Some(gy) = slots[i].take() else { continue };
-            if !node.inputs.is_empty() {
-                let gy_t = Tensor::from_parts(node.value.shape().into(), gy);
-                let x: SmallVec<[&Tensor<F>; 4]> = node
-                    .inputs
-                    .iter()
-                    .map(|&j| &nodes[j as usize].value)
-                    .collect();
-                // Only products read it (see `BackwardCtx::untransposed`).
-                let products = matches!(node.op, Op::Linalg(LinalgOp::Matmul { .. }));
-                let untransposed: SmallVec<[Option<&Tensor<F>>; 4]> = node
-                    .inputs
-                    .iter()
-                    .filter(|_| products)
-                    .map(|&j| {
-                        let n = &nodes[j as usize];
-                        match n.op {
-                            Op::Linalg(LinalgOp::Transpose) => {
-                                let src = &nodes[n.inputs[0] as usize];
-                                (!src.released).then_some(&src.value)
-                            }
-                            _ => None,
-                        }
-                    })
-                    .collect();
-                let ctx = BackwardCtx {
-                    x: &x,
-                    y: &node.value,
-                    gy: &gy_t,
-                    untransposed: &untransposed,
-                };
-                let mut defer_to = None;
-                for (k, &j) in node.inputs.iter().enumerate() {
-                    let j = j as usize;
-                    if !nodes[j].requires_grad {
-                        continue;
-                    }
-                    // Anomaly mode runs every rule plainly, each
-                    // contribution into the input's own slot, where it is
-                    // checked below.
-                    let (t, to_source) = if inner.anomaly {
-                        (j, false)
-                    } else {
-                        grad_target(nodes, node, k)
-                    };
-                    // Deferred uses are flushed when the sweep reaches the
-                    // weight, before its own rule runs; all its uses come
-                    // later. Passed on to W, a use of Wᵀ counts as a use of
-                    // W in the other orientation.
-                    if !inner.anomaly {
-                        if let Some(tb) = node.op.deferrable(k, x[0]) {
-                            defer_to = Some((t, tb != to_source));
-                            continue;
-                        }
-                    }
-                    let fresh = slots[t].is_none();
-                    if fresh {
-                        slots[t] = Some(pool.take(nodes[t].value.numel(), "backward")?);
-                    }
-                    let data = slots[t].as_mut().expect("slot was just filled");
-                    let slot = GradSlot { data, fresh };
-                    match (&node.op, to_source) {
-                        (Op::Linalg(o), true) => o.backward_to_source(&ctx, slot),
-                        _ => node.op.backward(k, &ctx, slot),
-                    }
-                }
-                if inner.anomaly {
-                    for &j in &node.inputs {
-                        if let Some(g) = &slots[j as usize] {
-                            let t = Tensor::from_parts(
-                                nodes[j as usize].value.shape().into(),
-                                g.clone(),
-                            );
-                            check_finite(&t, "backward", &node.op, &inner.scopes.path(node.label))?;
-                        }
-                    }
-                }
-                let gy = gy_t.into_vec();
-                match (defer_to, node.retain) {
-                    (Some(to), retain) => {
-                        if retain {
-                            slots[i] = Some(gy.clone());
-                        }
-                        let a = node.inputs[0] as usize;
-                        deferred.defer(to, gy, a, nodes, &mut slots, pool)?;
-                    }
-                    (None, true) => slots[i] = Some(gy),
-                    (None, false) => pool.give(gy),
-                }
-            } else {
+            if node.inputs.is_empty() {
                 // A leaf: keep its gradient.
                 slots[i] = Some(gy);
+                continue;
+            }
+            let gy = Tensor::from_parts(node.value.shape().into(), gy);
+            let x: SmallVec<[&Tensor<F>; 4]> = node
+                .inputs
+                .iter()
+                .map(|&j| &nodes[j as usize].value)
+                .collect();
+            let untransposed = weights.untransposed(node);
+            let ctx = BackwardCtx {
+                x: &x,
+                y: &node.value,
+                gy: &gy,
+                untransposed: &untransposed,
+            };
+            let mut held = false;
+            for (k, &j) in node.inputs.iter().enumerate() {
+                if !nodes[j as usize].requires_grad {
+                    continue;
+                }
+                let Some(route) = weights.route(node, k) else {
+                    held = true;
+                    continue;
+                };
+                let t = route.target;
+                let fresh = slots[t].is_none();
+                if fresh {
+                    slots[t] = Some(pool.take(nodes[t].value.numel(), "backward")?);
+                }
+                let data = slots[t].as_mut().expect("slot was just filled");
+                route.backward(&node.op, k, &ctx, GradSlot { data, fresh });
+                if let Some(check) = check {
+                    check(slots[t].as_deref().expect("just written"), t, i)?;
+                }
+            }
+            let gy = gy.into_vec();
+            if held {
+                if node.retain {
+                    slots[i] = Some(gy.clone());
+                }
+                weights.hold(i, gy, &mut slots, pool)?;
+            } else if node.retain {
+                slots[i] = Some(gy);
+            } else {
+                pool.give(gy);
             }
         }
+        weights.after_sweep();
 
         // Leaves that require a gradient and retained vars the root does not
         // depend on get zeros, so `wrt` answers for every var that asked.
@@ -387,7 +341,7 @@ impl<F: Real> Tape<F> {
                 (None, false) => None,
             });
         }
-        let params = nodes[..=root]
+        let params = nodes
             .iter()
             .enumerate()
             .filter_map(|(i, n)| match n.op {

@@ -12,7 +12,7 @@
 //! beyond the few extras only it has (a dropout mask, class targets).
 //!
 //! Why a `RefCell`: [`Var`] is a `Copy` handle — a reference to its tape plus
-//! an index — so that formulas read like math (`(x.matmul(&u) + b).tanh()`).
+//! an index — so that formulas read like math (`(x.matmul(u) + b).tanh()`).
 //! Many handles share the tape, so recording goes through interior
 //! mutability; borrows last for one op and never escape. [`Tape::reset`]
 //! takes `&mut self`, so the borrow checker guarantees that no handle
@@ -21,7 +21,6 @@
 //! same shapes allocates nothing after its first step.
 
 pub(crate) mod backward;
-mod deferral;
 mod graph;
 pub(crate) mod pool;
 pub(crate) mod scope;
@@ -30,7 +29,7 @@ mod var;
 pub use backward::Grads;
 pub use var::Var;
 
-use crate::error::{or_panic, Error, ErrorKind, Result};
+use crate::error::{fail, or_panic, Error, ErrorKind, Result};
 use crate::ops::Op;
 use crate::params::{ParamKey, ParamStore};
 use crate::tensor::{Shape, Tensor};
@@ -110,6 +109,30 @@ pub struct Tape<F: Real> {
 }
 
 static NEXT_TAPE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Short: the id, the generation (resets so far) and the node count.
+///
+/// ```
+/// let mut tape = tapegrad::Tape::<f32>::new();
+/// let _ = tape.constant(tapegrad::Tensor::zeros(&[2]));
+/// let id = tape.id();
+/// assert_eq!(format!("{tape:?}"), format!("Tape {{ id: {id}, generation: 0, nodes: 1 }}"));
+/// tape.reset();
+/// assert_eq!(format!("{tape:?}"), format!("Tape {{ id: {id}, generation: 1, nodes: 0 }}"));
+/// ```
+impl<F: Real> std::fmt::Debug for Tape<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Tape");
+        d.field("id", &self.id)
+            .field("generation", &self.generation());
+        match self.inner.try_borrow() {
+            Ok(inner) => d.field("nodes", &inner.nodes.len()),
+            // (Only while an op is being recorded.)
+            Err(_) => d.field("nodes", &format_args!("<recording>")),
+        };
+        d.finish()
+    }
+}
 
 impl<F: Real> Default for Tape<F> {
     fn default() -> Self {
@@ -294,10 +317,10 @@ impl<F: Real> Tape<F> {
             let mut inner = self.inner.borrow_mut();
             let n = or_panic(crate::tensor::numel(shape));
             if n != data.len() {
-                or_panic::<()>(Err(Error::shape(
+                fail(Error::shape(
                     "constant_from_slice",
                     format!("{} elements do not fill {shape:?}", data.len()),
-                )));
+                ));
             }
             let buf = or_panic(inner.pool.copy_of(data, "constant_from_slice"));
             Tensor::from_parts(shape.into(), buf)
@@ -478,7 +501,9 @@ impl<F: Real> Tape<F> {
         drop(values);
         let (op, value) = result.map_err(|e| e.with_label(Some(inner.scopes.path(label))))?;
         if inner.anomaly {
-            check_finite(&value, "forward", &op, &inner.scopes.path(label))?;
+            check_finite(value.data(), value.shape(), "forward", &op, || {
+                inner.scopes.path(label)
+            })?;
         }
         if requires_grad {
             for (k, &j) in ids.iter().enumerate() {
@@ -585,21 +610,23 @@ impl<F: Real> Tape<F> {
     }
 }
 
-/// An error if `value` holds NaN or ±∞ (anomaly mode).
+/// An error if `data` (a value of `shape` in the `forward` pass, or a
+/// gradient in `backward`) holds NaN or ±∞ (anomaly mode), naming `op` and
+/// the label `label()` builds (only on error).
 pub(crate) fn check_finite<F: Real>(
-    value: &Tensor<F>,
+    data: &[F],
+    shape: &[usize],
     pass: &str,
     op: &Op<F>,
-    label: &str,
+    label: impl FnOnce() -> String,
 ) -> Result<()> {
-    if let Some(pos) = value.data().iter().position(|x| !x.is_finite()) {
+    if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(Error::new(
             ErrorKind::NonFinite,
             op.name(),
             format!(
-                "{pass} produced {} at flat index {pos} of a {:?} {}",
-                value.data()[pos],
-                value.shape(),
+                "{pass} produced {} at flat index {pos} of a {shape:?} {}",
+                data[pos],
                 if pass == "forward" {
                     "value"
                 } else {
@@ -607,7 +634,7 @@ pub(crate) fn check_finite<F: Real>(
                 }
             ),
         )
-        .with_label(Some(label.to_string())));
+        .with_label(Some(label())));
     }
     Ok(())
 }

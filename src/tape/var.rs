@@ -7,7 +7,7 @@
 //! only route to those methods.
 
 use super::{NodeId, Tape};
-use crate::error::{or_panic, Result};
+use crate::error::{fail, or_panic, Result};
 use crate::tensor::{Shape, Tensor};
 use crate::Real;
 use std::cell::Ref;
@@ -86,7 +86,7 @@ impl<'t, F: Real> Var<'t, F> {
                 ),
             );
             drop(inner);
-            panic!("{e}");
+            fail(e);
         }
     }
 
@@ -265,15 +265,47 @@ impl<'t, F: Real> Var<'t, F> {
     }
 }
 
+/// The node id, the tape's id and the value — or, for a released var, its
+/// shape (printing never panics).
+///
+/// ```
+/// use tapegrad::{Tape, Tensor};
+/// let tape = Tape::<f64>::new();
+/// let x = tape.var(Tensor::ones(&[2]));
+/// let z = x * 3.0;
+/// let _y = z.tanh();
+/// assert!(format!("{x:?}").starts_with(&format!("Var(#0 on tape {}, ", tape.id())));
+/// assert!(z.release());
+/// assert_eq!(format!("{z:?}"), format!("Var(#1 on tape {}, released [2])", tape.id()));
+/// ```
 impl<F: Real> fmt::Debug for Var<'_, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Var(#{} on tape {}, {:?})",
-            self.id,
-            self.tape.id(),
-            self.value()
-        )
+        let Ok(inner) = self.tape.inner.try_borrow() else {
+            return write!(
+                f,
+                "Var(#{} on tape {}, <recording>)",
+                self.id,
+                self.tape.id()
+            );
+        };
+        let node = &inner.nodes[self.id as usize];
+        if node.released {
+            write!(
+                f,
+                "Var(#{} on tape {}, released {:?})",
+                self.id,
+                self.tape.id(),
+                node.value.shape()
+            )
+        } else {
+            write!(
+                f,
+                "Var(#{} on tape {}, {:?})",
+                self.id,
+                self.tape.id(),
+                node.value
+            )
+        }
     }
 }
 

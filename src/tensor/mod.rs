@@ -12,6 +12,7 @@ mod ndarray_conv;
 mod random;
 pub mod vecmath;
 
+pub(crate) use random::derive_seed;
 pub use random::{rng, SeededRng};
 
 use crate::error::{Error, ErrorKind, Result};

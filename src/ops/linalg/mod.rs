@@ -18,6 +18,23 @@
 //! hoisted input projection, with no slice copy), or as a bias row [n]
 //! broadcast over the m rows. ∂L/∂c is G added into the window, or G's
 //! column sums.
+//!
+//! This file holds the ops and their plain rules. The speed work on the
+//! weight gradients of products lives next to them, behind the one hook the
+//! reverse sweep calls ([`sweep::WeightGrads`]), so the sweep itself knows
+//! no op family:
+//!
+//! - `reorder.rs`: the backward side of the Wᵀ reorder — a product whose
+//!   right operand is a `transpose` node reads W itself for its G·W and
+//!   writes its weight gradient straight into W's slot;
+//! - `deferral.rs`: the T thin weight gradients G_tᵀ·A_t of a weight used at
+//!   every step, held and summed as one GEMM over stacked rows;
+//! - `sweep.rs`: the hook — before the sweep, as the sweep reaches a node,
+//!   where one input's gradient goes, and after the sweep.
+
+mod deferral;
+mod reorder;
+pub(crate) mod sweep;
 
 use super::{BackwardCtx, GradSlot, Op};
 use crate::error::{Error, Result};
@@ -157,33 +174,6 @@ impl LinalgOp {
     }
 }
 
-impl LinalgOp {
-    /// The rule for a product's right operand b when b is a transpose node
-    /// Wᵀ (a reordered weight), written as ∂W = (∂b)ᵀ straight into W's
-    /// slot. With A = op(a) and G = ∂L/∂Y:
-    ///
-    /// ```text
-    /// b used as is  (B = Wᵀ, ∂B = Aᵀ·G):  ∂W = Gᵀ·A
-    /// b used as bᵀ  (B = W):              ∂W = Aᵀ·G
-    /// ```
-    ///
-    /// The same FLOPs as the plain rule, landing in the layout W is stored
-    /// in: Wᵀ needs no gradient slot and its transpose back never runs, and
-    /// Gᵀ·A into a [4H × H] weight runs 5–10% faster in the kernels than
-    /// Aᵀ·G into [H × 4H] at the recurrent layers' shapes.
-    pub(crate) fn backward_to_source<F: Real>(
-        &self,
-        c: &BackwardCtx<'_, F>,
-        slot: GradSlot<'_, F>,
-    ) {
-        let LinalgOp::Matmul { ta, tb, .. } = *self else {
-            unreachable!("only a product's right operand passes its gradient on")
-        };
-        // W is b's transpose: the rule of the other orientation.
-        right_operand_grad(!tb, view(c.x[0], ta), view(c.gy, false), slot)
-    }
-}
-
 /// The rule for a product's right operand from A = op(a) [m × k] and
 /// G = ∂L/∂Y [m × n]: Aᵀ·G [k × n] when b is used as is, (Aᵀ·G)ᵀ = Gᵀ·A
 /// [n × k] when b holds Bᵀ (`tb`); written, or added unless `slot` is
@@ -201,101 +191,6 @@ fn right_operand_grad<F: Real>(
     } else {
         F::gemm(MatMut::row_major(slot.data, k, n), a.t(), g, acc)
     }
-}
-
-/// Largest left-operand row count for which a weight gradient is deferred:
-/// beyond it the per-use GEMM is already efficient and deferring would only
-/// keep G_t alive longer.
-const DEFER_MAX_ROWS: usize = 512;
-
-/// The most G_t elements one weight's deferred uses hold before the sweep
-/// flushes them (8 MiB in f32; one G_t if that is larger): bounds the
-/// memory deferral holds on long sequences, while each flush still stacks
-/// ≥ 1024 rows at the batch sizes where that memory matters (B = 64,
-/// 4H = 2048: 16 steps). Measured at LSTM L, 2 threads (B = 32 per
-/// worker): flushing every 2²⁰ elements made the step about 10% slower
-/// than 2²¹ (a GEMM per flush, each reading and writing the whole
-/// [H × 4H] gradient), for 18 MiB less peak memory.
-pub(crate) const DEFER_FLUSH_ELEMS: usize = 1 << 21;
-
-/// The fewest G_t elements a deferral block is sized for (1 MiB in f32),
-/// when the uses still to come hold that many. Between this and
-/// [`DEFER_FLUSH_ELEMS`] a block holds twice the weight's own size
-/// ([`defer_block_cap`]): small weights flush from a block that stays in
-/// cache while it fills and is read back (LSTM M, alternating runs: 2²¹ →
-/// 2¹⁸ elements took the tape step from 13.61 to 13.07 ms, and 7.24 to 7.02
-/// at B = 16), large ones stack enough rows that the flush's read and write
-/// of the whole gradient stays small against its GEMM.
-pub(crate) const DEFER_BLOCK_MIN: usize = 1 << 18;
-
-/// The cap on one deferral block for a weight of `weight_elems` elements:
-/// 2·weight_elems within [`DEFER_BLOCK_MIN`, `DEFER_FLUSH_ELEMS`].
-pub(crate) fn defer_block_cap(weight_elems: usize) -> usize {
-    weight_elems
-        .saturating_mul(2)
-        .clamp(DEFER_BLOCK_MIN, DEFER_FLUSH_ELEMS)
-}
-
-impl LinalgOp {
-    /// Whether the gradient for input `k` of this node may be deferred and
-    /// batched with the node's other uses of the same weight: a weight `b`
-    /// (a leaf) multiplied by a small left operand, as the recurrent
-    /// `h(t−1)·W_hhᵀ` is at every step. The T contributions Σ_t G_tᵀ·A_t
-    /// then become one GEMM over the stacked rows [G_1; …; G_T]ᵀ·[A_1; …; A_T]
-    /// instead of T thin ones — the same sum, in one call that runs near the
-    /// kernel's peak. Returns `Some(tb)` when deferrable.
-    pub(crate) fn deferrable<F: Real>(&self, k: usize, a: &Tensor<F>) -> Option<bool> {
-        match *self {
-            LinalgOp::Matmul { ta: false, tb, .. } if k == 1 && dims2(a).0 <= DEFER_MAX_ROWS => {
-                Some(tb)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Adds Σ_t G_tᵀ·A_t (or Σ_t A_tᵀ·G_t when `!tb`) into `slot`, where `g`
-/// holds the G_t already stacked (rows × n, in the order of `a`): the A_t
-/// are stacked into one contiguous block too (unless there is one), so that
-/// it is one GEMM.
-pub(crate) fn flush_deferred<F: Real>(
-    tb: bool,
-    g: &[F],
-    a: &[&Tensor<F>],
-    slot: GradSlot<'_, F>,
-    pool: &mut crate::tape::pool::Pool<F>,
-) -> crate::error::Result<()> {
-    let acc = !slot.fresh;
-    let k = dims2(a[0]).1;
-    let rows: usize = a.iter().map(|t| dims2(t).0).sum();
-    if rows == 0 || k == 0 {
-        // Empty batches contribute nothing: ∂L/∂W = 0.
-        if !acc {
-            slot.data.fill(F::zero());
-        }
-        return Ok(());
-    }
-    let n = slot.data.len() / k;
-    let stacked = if a.len() == 1 {
-        None
-    } else {
-        let mut buf = pool.take(rows * k, "backward")?;
-        let mut at = 0;
-        for t in a {
-            buf[at..at + t.numel()].copy_from_slice(t.data());
-            at += t.numel();
-        }
-        Some(buf)
-    };
-    {
-        let gv = MatRef::row_major(&g[..rows * n], rows, n);
-        let av = MatRef::row_major(stacked.as_deref().unwrap_or(a[0].data()), rows, k);
-        right_operand_grad(tb, av, gv, slot);
-    }
-    if let Some(buf) = stacked {
-        pool.give(buf);
-    }
-    Ok(())
 }
 
 /// Checks the operands of a (possibly transposed, possibly accumulating)
