@@ -70,6 +70,10 @@
 //!   ([`gradcheck::gradcheck_params`], [`gradcheck::gradcheck_store`]).
 //! - [`init`]: PyTorch's initialisers (uniform ±1/√fan, Xavier/Glorot,
 //!   orthogonal) for weights you build yourself.
+//! - [`forward`]: forward mode — the [`forward::Dual`] scalar and
+//!   Jacobian–vector products of any tape program.
+//! - [`second_order`]: Hessian–vector and Gauss–Newton–vector products
+//!   through time, on [`ParamVec`]s (vectors shaped like the parameters).
 //!
 //! ## Error policy
 //!
@@ -109,6 +113,7 @@
 
 pub mod checkpoint;
 mod error;
+pub mod forward;
 pub mod gradcheck;
 pub mod init;
 pub mod layers;
@@ -117,9 +122,11 @@ mod nonlinearity;
 mod ops;
 pub mod optim;
 pub mod parallel;
+mod param_vec;
 mod params;
 mod real;
 pub mod reference;
+pub mod second_order;
 mod tape;
 pub mod tensor;
 
@@ -127,6 +134,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use nonlinearity::Nonlinearity;
 pub use ops::Reduction;
 pub use parallel::DataParallel;
+pub use param_vec::ParamVec;
 pub use params::{Param, ParamKey, ParamStore};
 pub use real::Real;
 pub use tape::{Grads, ScopeGuard, Tape, Var};

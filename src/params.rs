@@ -8,11 +8,17 @@
 //! with stale-key detection built in) tagged with the id of the store that
 //! made them, so a removed key *and* a key of another store are both caught
 //! instead of silently naming some other parameter.
+//!
+//! The keys live in a `SlotMap` of their own and the values in a
+//! `SecondaryMap` on those keys, so [`ParamStore::map`] can build a store of
+//! another element type under the *same* keys — how second-order code lifts
+//! a `ParamStore<f64>` to dual numbers without the layers, which hold keys,
+//! noticing.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::tensor::Tensor;
 use crate::Real;
-use slotmap::SlotMap;
+use slotmap::{SecondaryMap, SlotMap};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -52,7 +58,8 @@ pub struct Param<F: Real> {
 #[derive(Debug, Clone)]
 pub struct ParamStore<F: Real> {
     id: u32,
-    map: SlotMap<Slot, Param<F>>,
+    keys: SlotMap<Slot, ()>,
+    values: SecondaryMap<Slot, Param<F>>,
     by_name: HashMap<String, Slot>,
 }
 
@@ -69,7 +76,8 @@ impl<F: Real> ParamStore<F> {
     pub fn new() -> Self {
         ParamStore {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
-            map: SlotMap::with_key(),
+            keys: SlotMap::with_key(),
+            values: SecondaryMap::new(),
             by_name: HashMap::new(),
         }
     }
@@ -101,10 +109,14 @@ impl<F: Real> ParamStore<F> {
                 format!("a parameter named `{name}` already exists"),
             ));
         }
-        let slot = self.map.insert(Param {
-            name: name.clone(),
-            value,
-        });
+        let slot = self.keys.insert(());
+        self.values.insert(
+            slot,
+            Param {
+                name: name.clone(),
+                value,
+            },
+        );
         self.by_name.insert(name, slot);
         Ok(ParamKey {
             store: self.id,
@@ -129,7 +141,7 @@ impl<F: Real> ParamStore<F> {
     }
 
     fn slot(&self, key: ParamKey) -> Result<Slot> {
-        if key.store == self.id && self.map.contains_key(key.slot) {
+        if key.store == self.id && self.keys.contains_key(key.slot) {
             Ok(key.slot)
         } else {
             Err(self.stale(key))
@@ -138,7 +150,7 @@ impl<F: Real> ParamStore<F> {
 
     /// The parameter behind `key`, or a [`ErrorKind::StaleKey`] error.
     pub fn try_param(&self, key: ParamKey) -> Result<&Param<F>> {
-        Ok(&self.map[self.slot(key)?])
+        Ok(&self.values[self.slot(key)?])
     }
 
     /// The value behind `key`, or a [`ErrorKind::StaleKey`] error.
@@ -167,7 +179,7 @@ impl<F: Real> ParamStore<F> {
     /// The value behind `key`, writable, or a [`ErrorKind::StaleKey`] error.
     pub fn try_get_mut(&mut self, key: ParamKey) -> Result<&mut Tensor<F>> {
         let slot = self.slot(key)?;
-        Ok(&mut self.map[slot].value)
+        Ok(&mut self.values[slot].value)
     }
 
     /// The value behind `key`, writable.
@@ -207,7 +219,8 @@ impl<F: Real> ParamStore<F> {
     /// ```
     pub fn remove(&mut self, key: ParamKey) -> Option<Param<F>> {
         let slot = self.slot(key).ok()?;
-        let p = self.map.remove(slot)?;
+        self.keys.remove(slot)?;
+        let p = self.values.remove(slot)?;
         self.by_name.remove(&p.name);
         Some(p)
     }
@@ -216,9 +229,9 @@ impl<F: Real> ParamStore<F> {
     /// nothing has been removed.
     pub fn iter(&self) -> impl Iterator<Item = (ParamKey, &Param<F>)> + '_ {
         let store = self.id;
-        self.map
-            .iter()
-            .map(move |(slot, p)| (ParamKey { store, slot }, p))
+        self.keys
+            .keys()
+            .map(move |slot| (ParamKey { store, slot }, &self.values[slot]))
     }
 
     /// Every key.
@@ -228,16 +241,59 @@ impl<F: Real> ParamStore<F> {
 
     /// The number of parameters.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.keys.len()
     }
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.keys.is_empty()
     }
 
     /// The total number of scalar elements over all parameters.
     pub fn num_elements(&self) -> usize {
-        self.map.values().map(|p| p.value.numel()).sum()
+        self.values.values().map(|p| p.value.numel()).sum()
+    }
+
+    /// The same parameters, names and **keys**, each value replaced by
+    /// `f(key, parameter)`, possibly of another element type: every key of
+    /// this store is valid in the result and names the same parameter. The
+    /// two stores share their id, so a layer built on one runs on the other
+    /// unchanged. This is how [`crate::forward::lift`] turns a
+    /// `ParamStore<f64>` into a `ParamStore<Dual<f64>>` for a forward-mode
+    /// or second-order pass.
+    ///
+    /// Removing a parameter from one of the two does not remove it from the
+    /// other (they are separate stores that happen to agree on keys).
+    ///
+    /// ```
+    /// use tapegrad::{ParamStore, Tensor};
+    /// let mut store = ParamStore::<f64>::new();
+    /// let w = store.insert("w", Tensor::ones(&[2]));
+    /// let single: ParamStore<f32> = store.map(|_, p| p.value.cast::<f32>());
+    /// assert_eq!(single.get(w).data(), &[1.0f32, 1.0]);
+    /// assert_eq!(single.name(w), "w");
+    /// ```
+    pub fn map<G: Real>(
+        &self,
+        mut f: impl FnMut(ParamKey, &Param<F>) -> Tensor<G>,
+    ) -> ParamStore<G> {
+        let store = self.id;
+        let mut values = SecondaryMap::with_capacity(self.values.capacity());
+        for (slot, p) in &self.values {
+            let value = f(ParamKey { store, slot }, p);
+            values.insert(
+                slot,
+                Param {
+                    name: p.name.clone(),
+                    value,
+                },
+            );
+        }
+        ParamStore {
+            id: self.id,
+            keys: self.keys.clone(),
+            values,
+            by_name: self.by_name.clone(),
+        }
     }
 }
