@@ -391,7 +391,7 @@ impl<F: Real> CharModel<F> {
     /// Clips the gradients' global norm to `clip_norm` (if set) and applies
     /// one optimizer update; returns the norm before clipping. On a
     /// non-finite norm nothing is updated.
-    fn update(
+    pub(crate) fn update(
         &mut self,
         optimizer: &mut dyn Optimizer<F>,
         grads: &mut Grads<F>,
@@ -724,7 +724,7 @@ fn num_params(v: usize, c: &CharModelConfig) -> Option<usize> {
 }
 
 /// Rows `rows` (streams) of every [B×H] tensor of `state`.
-fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) -> StateTensors<F> {
+pub(crate) fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) -> StateTensors<F> {
     let pick = |ts: &Vec<Tensor<F>>| -> Vec<Tensor<F>> {
         ts.iter()
             .map(|t| {
@@ -742,7 +742,7 @@ fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) -> StateTen
 
 /// The shards' states stacked back by rows, in shard order (the inverse of
 /// [`state_rows`] over consecutive ranges).
-fn stack_state_rows<F: Real>(parts: &[StateTensors<F>]) -> StateTensors<F> {
+pub(crate) fn stack_state_rows<F: Real>(parts: &[StateTensors<F>]) -> StateTensors<F> {
     let stack = |get: &dyn Fn(&StateTensors<F>) -> &Vec<Tensor<F>>| -> Vec<Tensor<F>> {
         (0..get(&parts[0]).len())
             .map(|l| {
