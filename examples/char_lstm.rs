@@ -343,19 +343,22 @@ fn start_world() -> Result<World, tapegrad::Error> {
     Ok(Timed::new(tapegrad::distributed::Solo))
 }
 
+/// Prints `e` to stderr naming this rank, in one write so the ranks' lines
+/// do not interleave.
+fn say_rank(world: &World, e: &dyn std::fmt::Display) {
+    let line = format!(
+        "char_lstm (rank {} of {}): {e}\n",
+        world.rank(),
+        world.size()
+    );
+    eprint!("{line}");
+}
+
 /// Reports `e` and ends the process — and, in a job of several ranks, the
 /// whole job (`MPI_Abort`), since the others may be waiting for this one.
 fn fail(world: &World, e: &dyn std::fmt::Display, code: i32) -> ! {
     if world.size() > 1 {
-        // One write per line, so the ranks' lines do not interleave.
-        eprint!(
-            "{}",
-            format!(
-                "char_lstm (rank {} of {}): {e}\n",
-                world.rank(),
-                world.size()
-            )
-        );
+        say_rank(world, e);
         #[cfg(feature = "mpi")]
         world.inner().abort(code);
     } else {
@@ -405,14 +408,7 @@ fn main() {
     if let Err(e) = run(&args, &world) {
         if e.downcast_ref::<Everywhere>().is_some() && world.size() > 1 {
             // Every rank stops here: finalise together, no abort needed.
-            eprint!(
-                "{}",
-                format!(
-                    "char_lstm (rank {} of {}): {e}\n",
-                    world.rank(),
-                    world.size()
-                )
-            );
+            say_rank(&world, &e);
             drop(world);
             std::process::exit(1);
         }

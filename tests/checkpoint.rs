@@ -853,7 +853,9 @@ fn optimizer_hyper_parameters_from_a_file_are_validated() {
         ("decoder.weight", Dtype::F32, vec![3, 2], f32_bytes(6)),
         ("decoder.bias", Dtype::F32, vec![3], f32_bytes(3)),
     ];
-    let cases: [(&str, Vec<(&str, &str)>, &str); 3] = [
+    // (optimizer kind, its scalars in the file, what the error must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case<'_>; 3] = [
         (
             "sgd",
             vec![

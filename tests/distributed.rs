@@ -12,98 +12,15 @@
 //! - a checkpoint written by rank 0 of a 2-rank run loads in one process,
 //!   which continues exactly as the 2-rank run does.
 
+#[path = "common/char_ranks.rs"]
+mod char_ranks;
+
+use char_ranks::{config, max_diff, max_loss_diff, params, streams, train_ranks, train_single};
+use char_ranks::{SEQ, TEXT};
 use tapegrad::distributed::{Collective, Solo, ThreadGroup, WorldDescription};
-use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Vocab};
+use tapegrad::models::{CharModel, Vocab};
 use tapegrad::optim::{Adam, Optimizer};
-use tapegrad::parallel::DataParallel;
 use tapegrad::{ErrorKind, Real};
-
-const TEXT: &str = "In the beginning God created the heaven and the earth. \
-And the earth was without form, and void; and darkness was upon the face of the deep. \
-And the Spirit of God moved upon the face of the waters. ";
-
-const BATCH: usize = 4;
-const SEQ: usize = 8;
-
-fn config() -> CharModelConfig {
-    CharModelConfig::default()
-        .embed_size(8)
-        .hidden_size(16)
-        .layers(2)
-}
-
-fn streams(vocab: &Vocab) -> CharStreams {
-    CharStreams::new(&vocab.encode(TEXT).unwrap(), BATCH).unwrap()
-}
-
-/// Every parameter's values as f64, in store order.
-fn params<F: Real>(m: &CharModel<F>) -> Vec<(String, Vec<f64>)> {
-    m.store()
-        .iter()
-        .map(|(_, p)| {
-            let v = p.value.data().iter().map(|x| x.to_f64().unwrap()).collect();
-            (p.name.clone(), v)
-        })
-        .collect()
-}
-
-fn max_diff(a: &[(String, Vec<f64>)], b: &[(String, Vec<f64>)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0.0f64;
-    for ((na, va), (nb, vb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        for (x, y) in va.iter().zip(vb) {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    worst
-}
-
-/// `steps` steps from `start` of `model` on this rank of `comm`, Adam with
-/// clipping; the state starts from zeros. Returns the losses.
-fn train_ranks<F: Real, C: Collective>(
-    comm: &C,
-    model: &mut CharModel<F>,
-    opt: &mut Adam<F>,
-    start: usize,
-    steps: usize,
-) -> Vec<f64> {
-    let s = streams(model.vocab());
-    let mine = tapegrad::distributed::rank_streams(BATCH, comm.rank(), comm.size());
-    let mut dp = DataParallel::new(1);
-    let mut state = model.zero_state(mine.len());
-    (start..start + steps)
-        .map(|k| {
-            let b = s.batch(k, SEQ);
-            model
-                .train_step_distributed(comm, &mut dp, opt, &b, &mut state, Some(1.0), k as u64)
-                .unwrap()
-                .loss
-        })
-        .collect()
-}
-
-/// The same steps in one process with `train_step_parallel` and `workers`.
-fn train_single<F: Real>(
-    model: &mut CharModel<F>,
-    opt: &mut Adam<F>,
-    workers: usize,
-    start: usize,
-    steps: usize,
-) -> Vec<f64> {
-    let s = streams(model.vocab());
-    let mut dp = DataParallel::new(workers);
-    let mut state = model.zero_state(BATCH);
-    (start..start + steps)
-        .map(|k| {
-            let b = s.batch(k, SEQ);
-            model
-                .train_step_parallel(&mut dp, opt, &b, &mut state, Some(1.0), k as u64)
-                .unwrap()
-                .loss
-        })
-        .collect()
-}
 
 /// Runs `f(rank_handle)` on `size` threads and returns the results in rank
 /// order.
@@ -126,7 +43,7 @@ fn two_ranks_equal_single_process<F: Real>(tol: f64) {
         let mut m = init.clone();
         m.join_world(&g, WorldDescription::new()).unwrap();
         let mut opt = Adam::new(3e-3);
-        let losses = train_ranks(&g, &mut m, &mut opt, 0, K);
+        let losses = train_ranks(&g, &mut m, &mut opt, 0..K);
         (params(&m), losses)
     });
     // the ranks agree bit for bit
@@ -134,24 +51,20 @@ fn two_ranks_equal_single_process<F: Real>(tol: f64) {
     assert_eq!(ranks[0].1, ranks[1].1);
 
     let mut two_workers = init.clone();
-    let losses = train_single(&mut two_workers, &mut Adam::new(3e-3), 2, 0, K);
+    let losses = train_single(&mut two_workers, &mut Adam::new(3e-3), 2, 0..K);
     let d_workers = max_diff(&ranks[0].0, &params(&two_workers));
-    let d_loss = losses
-        .iter()
-        .zip(&ranks[0].1)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let d_loss = max_loss_diff(&losses, &ranks[0].1);
 
     // 1 rank on the full batch: the same job without dropout (one shard
     // draws other masks than two), against 2 ranks without dropout.
     let plain = CharModel::<F>::new(Vocab::from_text(TEXT), config(), 5);
     let two = on_ranks(2, |g| {
         let mut m = plain.clone();
-        train_ranks(&g, &mut m, &mut Adam::new(3e-3), 0, K);
+        train_ranks(&g, &mut m, &mut Adam::new(3e-3), 0..K);
         params(&m)
     });
     let mut one = plain.clone();
-    train_ranks(&Solo, &mut one, &mut Adam::new(3e-3), 0, K);
+    train_ranks(&Solo, &mut one, &mut Adam::new(3e-3), 0..K);
     let d_one = max_diff(&two[0], &params(&one));
     println!(
         "{}: 2 ranks vs 2 workers: max |Δθ| = {d_workers:e}, |Δloss| = {d_loss:e}; vs 1 rank on the full batch: {d_one:e}",
@@ -228,23 +141,21 @@ fn a_two_rank_checkpoint_continues_identically_in_one_process() {
         let mut m = init.clone();
         m.join_world(&g, WorldDescription::new()).unwrap();
         let mut opt = Adam::new(3e-3);
-        train_ranks(&g, &mut m, &mut opt, 0, 4);
+        train_ranks(&g, &mut m, &mut opt, 0..4);
         let bytes =
             (g.rank() == 0).then(|| m.to_bytes(Some(&opt), 4, &Default::default()).unwrap());
-        let losses = train_ranks(&g, &mut m, &mut opt, 4, 4);
+        let losses = train_ranks(&g, &mut m, &mut opt, 4..8);
         (bytes, params(&m), losses)
     });
     let bytes = out[0].0.as_ref().unwrap();
     let mut opt = Adam::new(0.9);
     let (mut single, info) = CharModel::<f64>::from_bytes(bytes, Some(&mut opt)).unwrap();
     assert_eq!((info.step, opt.steps(), opt.lr()), (4, 4, 3e-3));
-    let losses = train_single(&mut single, &mut opt, 2, 4, 4);
+    let losses = train_single(&mut single, &mut opt, 2, 4..8);
     let d = max_diff(&out[0].1, &params(&single));
     println!("2-rank run vs 1 process resumed from its checkpoint: max |Δθ| = {d:e}");
     assert!(d <= 1e-12, "{d}");
-    for (a, b) in losses.iter().zip(&out[0].2) {
-        assert!((a - b).abs() <= 1e-12, "{a} vs {b}");
-    }
+    assert!(max_loss_diff(&losses, &out[0].2) <= 1e-12);
 }
 
 /// Validation across ranks equals one process's `evaluate`.

@@ -24,11 +24,15 @@
 //!   run (to 1e-12, f64).
 #![cfg(feature = "mpi")]
 
+#[path = "common/char_ranks.rs"]
+mod char_ranks;
+
+use char_ranks::{config, max_diff, max_loss_diff, params, streams, train_ranks, train_single};
+use char_ranks::{SEQ, TEXT};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tapegrad::distributed::WorldDescription;
-use tapegrad::distributed::{check_params_equal, rank_streams, Collective, Mpi, Solo};
-use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Vocab};
+use tapegrad::distributed::{check_params_equal, Collective, Mpi, Solo, WorldDescription};
+use tapegrad::models::{CharModel, Vocab};
 use tapegrad::optim::{Adam, Optimizer};
 use tapegrad::parallel::DataParallel;
 use tapegrad::Real;
@@ -38,20 +42,15 @@ const DIR: &str = "TAPEGRAD_MPI_DIR";
 /// A job still running after this long is hung (it takes ~1–3 s).
 const HANG: Duration = Duration::from_secs(120);
 
-const TEXT: &str = "In the beginning God created the heaven and the earth. \
-And the earth was without form, and void; and darkness was upon the face of the deep. \
-And the Spirit of God moved upon the face of the waters. ";
-const BATCH: usize = 4;
-const SEQ: usize = 8;
-
 /// What `mpirun` reported.
 struct Job {
     success: bool,
     out: String,
 }
 
-/// Runs `scenario` on 2 ranks under `mpirun`, or `None` (with the reason
-/// printed) if there is no `mpirun`.
+/// Runs `scenario` on 2 ranks under `mpirun` with `dir` (removed
+/// afterwards) for its files, or `None` (with the reason printed) if there
+/// is no `mpirun`.
 fn mpirun(scenario: &str, dir: &std::path::Path) -> Option<Job> {
     if Command::new("mpirun").arg("--version").output().is_err() {
         println!("skipped: no `mpirun` on the PATH (run scripts/install-mpi.sh)");
@@ -101,6 +100,7 @@ fn mpirun(scenario: &str, dir: &std::path::Path) -> Option<Job> {
         "--- `{scenario}`: {status} after {:.1?}\n{out}---",
         started.elapsed()
     );
+    std::fs::remove_dir_all(dir).unwrap();
     Some(Job {
         success: status.success(),
         out,
@@ -190,7 +190,6 @@ fn a_two_rank_checkpoint_resumes_in_one_process_and_under_mpi() {
     assert!(job.success, "{}", job.out);
     assert!(job.out.contains("resume in one process: ok"), "{}", job.out);
     assert!(job.out.contains("resume under mpi: ok"), "{}", job.out);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// One rank of the job the tests above start; ignored in a normal run
@@ -215,7 +214,11 @@ fn rank_main() {
             let mut m = CharModel::<f64>::new(Vocab::from_text(TEXT), cfg, 1);
             match m.join_world(&world, WorldDescription::new()) {
                 Ok(()) => println!("rank {} trained", world.rank()),
-                Err(e) => print!("{}", format!("rank {} stopped: {e}\n", world.rank())),
+                Err(e) => {
+                    // one write, so the ranks' lines do not interleave
+                    let line = format!("rank {} stopped: {e}\n", world.rank());
+                    print!("{line}");
+                }
             }
         }
         "die" | "panic" => {
@@ -243,92 +246,25 @@ fn rank_main() {
     }
 }
 
-fn config() -> CharModelConfig {
-    CharModelConfig::default()
-        .embed_size(8)
-        .hidden_size(16)
-        .layers(2)
-}
-
-fn streams(vocab: &Vocab) -> CharStreams {
-    CharStreams::new(&vocab.encode(TEXT).unwrap(), BATCH).unwrap()
-}
-
-fn params<F: Real>(m: &CharModel<F>) -> Vec<f64> {
-    m.store()
-        .iter()
-        .flat_map(|(_, p)| p.value.data().iter().map(|x| x.to_f64().unwrap()))
-        .collect()
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-/// Steps `range` on this rank of `comm` (1 worker), the state from zeros.
-fn train<F: Real, C: Collective>(
-    comm: &C,
-    m: &mut CharModel<F>,
-    opt: &mut Adam<F>,
-    range: std::ops::Range<usize>,
-) -> Vec<f64> {
-    let s = streams(m.vocab());
-    let mine = rank_streams(BATCH, comm.rank(), comm.size());
-    let mut dp = DataParallel::new(1);
-    let mut state = m.zero_state(mine.len());
-    range
-        .map(|k| {
-            let b = s.batch(k, SEQ);
-            m.train_step_distributed(comm, &mut dp, opt, &b, &mut state, Some(1.0), k as u64)
-                .unwrap()
-                .loss
-        })
-        .collect()
-}
-
-/// The same steps in one process, `train_step_parallel` with `workers`.
-fn train_single<F: Real>(
-    m: &mut CharModel<F>,
-    opt: &mut Adam<F>,
-    workers: usize,
-    range: std::ops::Range<usize>,
-) -> Vec<f64> {
-    let s = streams(m.vocab());
-    let mut dp = DataParallel::new(workers);
-    let mut state = m.zero_state(BATCH);
-    range
-        .map(|k| {
-            let b = s.batch(k, SEQ);
-            m.train_step_parallel(&mut dp, opt, &b, &mut state, Some(1.0), k as u64)
-                .unwrap()
-                .loss
-        })
-        .collect()
-}
-
 fn equal<F: Real>(world: &Mpi, tol: f64) {
     const K: usize = 6;
     let init = CharModel::<F>::new(Vocab::from_text(TEXT), config().dropout(0.1), 5);
     let mut m = init.clone();
     m.join_world(world, WorldDescription::new()).unwrap();
-    let losses = train(world, &mut m, &mut Adam::new(3e-3), 0..K);
+    let losses = train_ranks(world, &mut m, &mut Adam::new(3e-3), 0..K);
     check_params_equal(world, m.store()).unwrap();
 
     let mut plain = CharModel::<F>::new(Vocab::from_text(TEXT), config(), 5);
     let mut one = plain.clone();
-    train(world, &mut plain, &mut Adam::new(3e-3), 0..K);
+    train_ranks(world, &mut plain, &mut Adam::new(3e-3), 0..K);
     if world.rank() != 0 {
         return;
     }
     let mut two_workers = init.clone();
     let single = train_single(&mut two_workers, &mut Adam::new(3e-3), 2, 0..K);
     let d_workers = max_diff(&params(&m), &params(&two_workers));
-    let d_loss = max_diff(&losses, &single);
-    train(&Solo, &mut one, &mut Adam::new(3e-3), 0..K);
+    let d_loss = max_loss_diff(&losses, &single);
+    train_ranks(&Solo, &mut one, &mut Adam::new(3e-3), 0..K);
     let d_one = max_diff(&params(&plain), &params(&one));
     println!(
         "{}: 2 MPI ranks vs 2 workers: max |Δθ| = {d_workers:e}, |Δloss| = {d_loss:e}; vs 1 rank on the full batch: {d_one:e}",
@@ -346,11 +282,11 @@ fn resume(world: &Mpi) {
     let mut m = init.clone();
     m.join_world(world, WorldDescription::new()).unwrap();
     let mut opt = Adam::new(3e-3);
-    train(world, &mut m, &mut opt, 0..4);
+    train_ranks(world, &mut m, &mut opt, 0..4);
     if world.rank() == 0 {
         m.save(&path, Some(&opt), 4, &Default::default()).unwrap();
     }
-    let losses = train(world, &mut m, &mut opt, 4..8);
+    let losses = train_ranks(world, &mut m, &mut opt, 4..8);
 
     // A new 2-rank job resuming from the file, read by rank 0 only.
     let mut bytes = if world.rank() == 0 {
@@ -363,10 +299,10 @@ fn resume(world: &Mpi) {
     let (mut again, info) = CharModel::<f64>::from_bytes(&bytes, Some(&mut opt2)).unwrap();
     assert_eq!(info.step, 4);
     again.join_world(world, WorldDescription::new()).unwrap();
-    let losses2 = train(world, &mut again, &mut opt2, 4..8);
+    let losses2 = train_ranks(world, &mut again, &mut opt2, 4..8);
     let d_mpi = max_diff(&params(&m), &params(&again));
     assert!(
-        d_mpi <= 1e-12 && max_diff(&losses, &losses2) <= 1e-12,
+        d_mpi <= 1e-12 && max_loss_diff(&losses, &losses2) <= 1e-12,
         "{d_mpi}"
     );
     if world.rank() == 0 {
@@ -376,7 +312,10 @@ fn resume(world: &Mpi) {
         assert_eq!((opt1.steps(), opt1.lr()), (4, 3e-3));
         let losses1 = train_single(&mut single, &mut opt1, 2, 4..8);
         let d = max_diff(&params(&m), &params(&single));
-        assert!(d <= 1e-12 && max_diff(&losses, &losses1) <= 1e-12, "{d}");
+        assert!(
+            d <= 1e-12 && max_loss_diff(&losses, &losses1) <= 1e-12,
+            "{d}"
+        );
         println!("resume in one process: ok (max |Δθ| = {d:e})");
     }
 }

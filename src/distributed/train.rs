@@ -4,12 +4,11 @@
 use super::{all_reduce_sum, pack_grads, rank_streams, unpack_grads, Collective};
 use super::{check_same_world, WorldDescription};
 use crate::error::Result;
-use crate::layers::{derive_seed, StateTensors};
-use crate::models::char_model::{stack_state_rows, state_rows};
+use crate::layers::StateTensors;
 use crate::models::{Batch, CharModel, CharStreams, StepStats};
 use crate::optim::Optimizer;
-use crate::parallel::{mean_weight, shard_ranges, shard_targets, DataParallel};
-use crate::{Real, Reduction, Tape};
+use crate::parallel::{shard_ranges, shard_targets, DataParallel};
+use crate::{Real, Tape};
 use std::ops::Range;
 
 impl<F: Real> CharModel<F> {
@@ -93,46 +92,27 @@ impl<F: Real> CharModel<F> {
             .iter()
             .map(|r| mine.start + r.start..mine.start + r.end)
             .collect();
-        let shards: Vec<(Vec<usize>, Vec<usize>, StateTensors<F>)> = local
-            .iter()
-            .zip(&global)
-            .map(|(l, g)| {
-                (
-                    shard_targets(&batch.inputs, batch.batch, g.clone()),
-                    shard_targets(&batch.targets, batch.batch, g.clone()),
-                    state_rows(state, l),
-                )
-            })
-            .collect();
         let first_shard = (rank * dp.workers()) as u64;
-        let this = &*self;
-        let (outs, mut grads) = dp.step(|k, tape| {
-            let (inputs, targets, st) = &shards[k];
-            let seed = derive_seed(dropout_seed, first_shard + k as u64);
-            let (logits, last) = this.forward(tape, inputs, global[k].len(), st, Some(seed));
-            let loss = logits
-                .cross_entropy(targets, Reduction::Mean)
-                .mul_scalar(mean_weight(&global[k], batch.batch));
-            logits.release(); // cross-entropy saved its probabilities
-            let value = loss.item().to_f64_lossy();
-            ((value, last.to_tensors()), loss.backward())
-        });
-        let mut loss = [outs.iter().map(|(l, _)| l).sum::<f64>()];
-        if size > 1 {
-            let mut flat = pack_grads(&grads);
-            all_reduce_sum(comm, &mut flat);
-            unpack_grads(&mut grads, &flat);
-            comm.sum_f64(&mut loss);
-        }
-        let updated = self.update(optimizer, &mut grads, clip_norm);
-        dp.reset_with(grads);
-        let grad_norm = updated?;
-        let parts: Vec<StateTensors<F>> = outs.into_iter().map(|(_, s)| s).collect();
-        *state = stack_state_rows(&parts);
-        Ok(StepStats {
-            loss: loss[0],
-            grad_norm,
-        })
+        self.train_shards(
+            dp,
+            optimizer,
+            batch,
+            &global,
+            first_shard,
+            state,
+            clip_norm,
+            dropout_seed,
+            |grads, loss| {
+                if size > 1 {
+                    let mut flat = pack_grads(grads);
+                    all_reduce_sum(comm, &mut flat);
+                    unpack_grads(grads, &flat);
+                    let mut l = [*loss];
+                    comm.sum_f64(&mut l);
+                    *loss = l[0];
+                }
+            },
+        )
     }
 
     /// [`CharModel::evaluate`] across the ranks of `comm`: each rank reads

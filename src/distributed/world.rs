@@ -79,19 +79,29 @@ impl WorldDescription {
     }
 
     /// The description [`WorldDescription::to_bytes`] made, or `None` if
-    /// `bytes` are not such a form.
+    /// `bytes` are not such a form (truncated, a length past the end, not
+    /// UTF-8).
+    ///
+    /// ```
+    /// use tapegrad::distributed::WorldDescription;
+    /// let d = WorldDescription::new().entry("a", "1");
+    /// let bytes = d.to_bytes();
+    /// assert_eq!(WorldDescription::from_bytes(&bytes), Some(d));
+    /// assert_eq!(WorldDescription::from_bytes(&bytes[..bytes.len() - 1]), None);
+    /// assert_eq!(WorldDescription::from_bytes(&[]), Some(WorldDescription::new()));
+    /// ```
     pub fn from_bytes(mut bytes: &[u8]) -> Option<Self> {
-        let mut next = || -> Option<String> {
+        fn take(bytes: &mut &[u8]) -> Option<String> {
             let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-            let len = usize::try_from(len).ok()?;
-            let s = std::str::from_utf8(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
-            bytes = &bytes[8 + len..];
-            Some(s.to_string())
-        };
+            let end = usize::try_from(len).ok()?.checked_add(8)?;
+            let s = std::str::from_utf8(bytes.get(8..end)?).ok()?.to_string();
+            *bytes = &bytes[end..];
+            Some(s)
+        }
         let mut d = WorldDescription::new();
-        loop {
-            let Some(k) = next() else { break };
-            d.entries.push((k, next()?));
+        while !bytes.is_empty() {
+            let k = take(&mut bytes)?;
+            d.entries.push((k, take(&mut bytes)?));
         }
         Some(d)
     }

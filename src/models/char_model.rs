@@ -357,20 +357,53 @@ impl<F: Real> CharModel<F> {
             dp.workers(),
             batch.batch
         );
+        self.train_shards(
+            dp,
+            optimizer,
+            batch,
+            &ranges,
+            0,
+            state,
+            clip_norm,
+            dropout_seed,
+            |_, _| {},
+        )
+    }
+
+    /// The step of [`CharModel::train_step_parallel`] on the streams
+    /// `ranges` (consecutive, one per worker of `dp`) of `batch`, whose rows
+    /// `state` holds: shard `k` runs on worker `k` with dropout seed index
+    /// `first_shard + k` and its mean loss weighted by its share of the
+    /// **whole** batch; `reduce` then sees the summed gradients and loss
+    /// (to add other processes' shards in) before the clipped update.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn train_shards(
+        &mut self,
+        dp: &mut DataParallel<F>,
+        optimizer: &mut dyn Optimizer<F>,
+        batch: &Batch,
+        ranges: &[Range<usize>],
+        first_shard: u64,
+        state: &mut StateTensors<F>,
+        clip_norm: Option<f64>,
+        dropout_seed: u64,
+        reduce: impl FnOnce(&mut Grads<F>, &mut f64),
+    ) -> Result<StepStats> {
+        let rows0 = ranges.first().map_or(0, |r| r.start);
         let shards: Vec<(Vec<usize>, Vec<usize>, StateTensors<F>)> = ranges
             .iter()
             .map(|r| {
                 (
                     shard_targets(&batch.inputs, batch.batch, r.clone()),
                     shard_targets(&batch.targets, batch.batch, r.clone()),
-                    state_rows(state, r),
+                    state_rows(state, &(r.start - rows0..r.end - rows0)),
                 )
             })
             .collect();
         let this = &*self;
         let (outs, mut grads) = dp.step(|k, tape| {
             let (inputs, targets, st) = &shards[k];
-            let seed = derive_seed(dropout_seed, k as u64);
+            let seed = derive_seed(dropout_seed, first_shard + k as u64);
             let (logits, last) = this.forward(tape, inputs, ranges[k].len(), st, Some(seed));
             let loss = logits
                 .cross_entropy(targets, Reduction::Mean)
@@ -379,10 +412,11 @@ impl<F: Real> CharModel<F> {
             let value = loss.item().to_f64_lossy();
             ((value, last.to_tensors()), loss.backward())
         });
+        let mut loss = outs.iter().map(|(l, _)| l).sum();
+        reduce(&mut grads, &mut loss);
         let updated = self.update(optimizer, &mut grads, clip_norm);
         dp.reset_with(grads);
         let grad_norm = updated?;
-        let loss = outs.iter().map(|(l, _)| l).sum();
         let parts: Vec<StateTensors<F>> = outs.into_iter().map(|(_, s)| s).collect();
         *state = stack_state_rows(&parts);
         Ok(StepStats { loss, grad_norm })
@@ -391,7 +425,7 @@ impl<F: Real> CharModel<F> {
     /// Clips the gradients' global norm to `clip_norm` (if set) and applies
     /// one optimizer update; returns the norm before clipping. On a
     /// non-finite norm nothing is updated.
-    pub(crate) fn update(
+    fn update(
         &mut self,
         optimizer: &mut dyn Optimizer<F>,
         grads: &mut Grads<F>,
@@ -724,7 +758,7 @@ fn num_params(v: usize, c: &CharModelConfig) -> Option<usize> {
 }
 
 /// Rows `rows` (streams) of every [B×H] tensor of `state`.
-pub(crate) fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) -> StateTensors<F> {
+fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) -> StateTensors<F> {
     let pick = |ts: &Vec<Tensor<F>>| -> Vec<Tensor<F>> {
         ts.iter()
             .map(|t| {
@@ -742,7 +776,7 @@ pub(crate) fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) 
 
 /// The shards' states stacked back by rows, in shard order (the inverse of
 /// [`state_rows`] over consecutive ranges).
-pub(crate) fn stack_state_rows<F: Real>(parts: &[StateTensors<F>]) -> StateTensors<F> {
+fn stack_state_rows<F: Real>(parts: &[StateTensors<F>]) -> StateTensors<F> {
     let stack = |get: &dyn Fn(&StateTensors<F>) -> &Vec<Tensor<F>>| -> Vec<Tensor<F>> {
         (0..get(&parts[0]).len())
             .map(|l| {

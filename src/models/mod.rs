@@ -12,7 +12,7 @@
 //! Everything here goes through the public API of the layers, the tape and
 //! the optimizers; nothing has a hand-written gradient.
 
-pub(crate) mod char_model;
+mod char_model;
 mod seq2seq;
 mod text;
 mod vocab;
