@@ -49,43 +49,10 @@ use tapegrad::reference::{LstmBptt, LstmParams, RnnBptt, RnnParams};
 use tapegrad::tensor::gemm::{MatMut, MatRef};
 use tapegrad::{Nonlinearity, Real, Tape, Tensor};
 
-/// A benchmark configuration.
-#[derive(Clone, Copy)]
-struct Config {
-    name: &'static str,
-    b: usize,
-    i: usize,
-    h: usize,
-    o: usize,
-    t: usize,
-}
+#[path = "common/sizes.rs"]
+mod sizes;
 
-const CONFIGS: [Config; 3] = [
-    Config {
-        name: "S",
-        b: 1,
-        i: 64,
-        h: 100,
-        o: 64,
-        t: 25,
-    },
-    Config {
-        name: "M",
-        b: 32,
-        i: 64,
-        h: 128,
-        o: 64,
-        t: 50,
-    },
-    Config {
-        name: "L",
-        b: 64,
-        i: 256,
-        h: 512,
-        o: 256,
-        t: 100,
-    },
-];
+use sizes::{Config, CONFIGS};
 
 fn threads() -> usize {
     std::env::var("TAPEGRAD_BENCH_THREADS")

@@ -3,6 +3,9 @@
 //!
 //! `cargo run --release --example bptt_memory [-- S|M|L]`
 //!
+//! The last line measures the LSTM once more with its cell written outside
+//! the crate through the public `Cell` interface.
+//!
 //! "Activation bytes BPTT must keep" counts what backward needs from the
 //! forward pass and nothing else: for the RNN h(0..T) and the softmax
 //! probabilities of every step; for the LSTM the four gates, c(0..T),
@@ -115,5 +118,20 @@ fn main() {
         tape_peak as f64 / must_lstm as f64,
         mib(hand_peak),
         hand_peak as f64 / must_lstm as f64
+    );
+
+    // The same LSTM, its cell written outside the crate through `Cell`
+    // (tests/common/user_lstm.rs): no release calls of its own.
+    let model = TapeModel::user_lstm(&p);
+    let tape = Tape::new();
+    let user_peak = peak_of(|| {
+        let (_, g) = model.step(&tape, x.data(), [t, b, i], &targets);
+        drop(g);
+    });
+    println!(
+        "user lstm cell: tape peak {} ({:.2}×), {:.3}× the built-in Lstm's",
+        mib(user_peak),
+        user_peak as f64 / must_lstm as f64,
+        user_peak as f64 / tape_peak as f64
     );
 }

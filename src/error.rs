@@ -133,3 +133,10 @@ pub(crate) fn or_panic<T>(r: Result<T>) -> T {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Panics with an [`Error`] of `kind` raised by `op`: the panicking half of
+/// the error policy where there is no `Result` to unwrap.
+#[track_caller]
+pub(crate) fn fail(kind: ErrorKind, op: &str, message: impl Into<String>) -> ! {
+    panic!("{}", Error::new(kind, op, message))
+}

@@ -48,7 +48,9 @@
 //!   losses, dropout, select — each op's forward and backward in one place.
 //! - [`ParamStore`], [`ParamKey`]: parameters that outlive a tape.
 //! - [`layers`]: `Linear`, `Embedding`, `Rnn`, `Lstm`, `Gru` from the
-//!   primitives, with PyTorch's parameter names.
+//!   primitives, with PyTorch's parameter names; any recurrent cell of your
+//!   own through [`layers::Cell`] (one `step` written with tape ops), run by
+//!   the same engine with stacking, directions, lengths and truncated BPTT.
 //! - [`optim`]: SGD, Adagrad, RMSprop, Adam/AdamW with exportable state,
 //!   gradient clipping, learning-rate schedules.
 //! - [`checkpoint`]: safetensors files with PyTorch `state_dict` names, the

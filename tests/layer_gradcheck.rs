@@ -196,6 +196,7 @@ fn loss<'t>(
     let init = State {
         h: h0.to_vec(),
         c: c0.map(<[_]>::to_vec),
+        extra: Vec::new(),
     };
     let lengths = case.lengths;
     let out = layer.forward(tape, store, x, &init, lengths.as_ref().map(|l| &l[..]));
@@ -309,6 +310,7 @@ fn check(case: Case) -> (Worst, Worst) {
                         .map(|t| tape.constant(t.clone()))
                         .collect(),
                     c: None,
+                    extra: Vec::new(),
                 };
                 let out = layer.forward(
                     &tape,

@@ -792,6 +792,7 @@ fn rnn_ratio(r: f64, steps: usize) -> f64 {
     let init = StateTensors {
         h: vec![Tensor::zeros(&[1, H])],
         c: None,
+        extra: Vec::new(),
     }
     .bind_var(&tape);
     let h0 = init.h[0];

@@ -154,13 +154,22 @@ fn check_params<F: Real>(
 }
 
 fn lstm_property<F: Real>(s: &Sizes) -> Result<(), TestCaseError> {
+    lstm_model_property::<F>(s, |p| TapeModel::lstm_chunked(p, s.chunk))
+}
+
+/// `lstm_property` for any tape twin of the reference LSTM (the built-in
+/// `Lstm`, or a cell written outside the crate).
+fn lstm_model_property<F: Real>(
+    s: &Sizes,
+    make: impl Fn(&LstmParams<F>) -> TapeModel<F>,
+) -> Result<(), TestCaseError> {
     let p = LstmParams::<F>::random(s.i, s.h, s.o, s.seed);
     let (x, h0, c0, targets) = data::<F>(s);
     let mut reference = LstmBptt::new(s.b, s.i, s.h, s.o, s.t, true);
     let ref_loss = reference.run(&p, x.data(), h0.data(), c0.data(), &targets);
     let g = reference.grads();
 
-    let model = TapeModel::lstm_chunked(&p, s.chunk);
+    let model = make(&p);
     let tape = Tape::new();
     let xv = tape.var(x.clone());
     let hv = tape.var(h0.clone());
@@ -205,6 +214,11 @@ proptest! {
     #[test]
     fn lstm_tape_equals_reference_f32(s in sizes()) {
         lstm_property::<f32>(&s)?;
+    }
+
+    #[test]
+    fn user_lstm_cell_equals_reference_f64(s in sizes()) {
+        lstm_model_property::<f64>(&s, TapeModel::user_lstm)?;
     }
 }
 

@@ -660,6 +660,7 @@ fn state_rows(s: &StateTensors<f64>, b: usize) -> StateTensors<f64> {
     StateTensors {
         h: pick(&s.h),
         c: s.c.as_ref().map(pick),
+        extra: Vec::new(),
     }
 }
 
@@ -683,6 +684,7 @@ fn check_variable_lengths(kind: Kind, layers: usize, bidirectional: bool, with_h
         StateTensors {
             h: mk(200),
             c: m.lstm.then(|| mk(300)),
+            extra: Vec::new(),
         }
     });
     let batched = m.run(&x, &y, Some(&lens), h0.as_ref());

@@ -126,6 +126,7 @@ fn run_file(file: &str) -> usize {
             c: c0
                 .as_ref()
                 .map(|c| (0..entries).map(|i| tape.var(entry(c, i))).collect()),
+            extra: Vec::new(),
         };
         let out = layer.forward(&tape, &store, x, &init);
         let output = out.stacked();

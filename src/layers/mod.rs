@@ -10,24 +10,32 @@
 //! `forward` binds them on the tape it is given.
 //!
 //! - [`Linear`], [`Embedding`]: the readout `o = V h + c` and the lookup.
-//! - [`Rnn`], [`Lstm`], [`Gru`]: recurrent layers (stacked, bidirectional,
-//!   variable lengths), sharing one engine (`recurrent.rs`) and differing
-//!   only in their cell (`cells.rs`).
+//! - [`Cell`]: the open cell interface — one time step written with tape
+//!   ops, plus a declaration of its gates, states and parameters
+//!   (`cell.rs`). [`Recurrent`] runs any cell stacked, bidirectional, with
+//!   variable lengths (`recurrent.rs`).
+//! - [`Rnn`], [`Lstm`], [`Gru`]: [`Recurrent`] with the built-in cells
+//!   [`RnnCell`], [`LstmCell`], [`GruCell`] (`rnn.rs`, `lstm.rs`, `gru.rs`).
 //! - [`State`], [`StateTensors`]: recurrent state on a tape and detached
 //!   between tapes (truncated BPTT: [`tbptt`]).
 
-mod cells;
+mod cell;
 mod embedding;
+mod gru;
 mod linear;
+mod lstm;
 mod recurrent;
+mod rnn;
 mod state;
 pub mod tbptt;
 
+pub use cell::{Cell, CellSpec, Init, ParamSpec, StateSpec, Step, StepPosition};
 pub use embedding::Embedding;
+pub use gru::{Gru, GruCell};
 pub use linear::Linear;
-pub use recurrent::{
-    Gru, Lstm, RecurrentConfig, Rnn, RunOptions, SeqOutput, PROJECTION_ELEMS, PROJECTION_MIN_ROWS,
-};
+pub use lstm::{Lstm, LstmCell};
+pub use recurrent::{Recurrent, RecurrentConfig, RunOptions, SeqOutput};
+pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};
 
 /// The uniform bound PyTorch uses for recurrent and linear layers: 1/√fan.

@@ -1,15 +1,17 @@
 //! Recurrent state: [`State`] on a tape, [`StateTensors`] between tapes.
 //!
 //! Entries are ordered as PyTorch's `h_n`/`c_n`: index `layer·D + dir`
-//! (D = 2 for bidirectional layers, dir 1 = reverse). Carrying state from
+//! (D = 2 for bidirectional layers, dir 1 = reverse). A cell's state is h,
+//! then the further states it declares: the first of them is `c` (an
+//! LSTM's cell state), any more are in `extra`. Carrying state from
 //! one truncated-BPTT chunk to the next goes through [`StateTensors`]:
 //! plain values, bound on the next tape as constants, so the gradient stops
 //! at the boundary and no node of the old tape is kept alive.
 
 use crate::{Real, Tape, Tensor, Var};
 
-/// Hidden state (and LSTM cell state) on a tape, one [B×H] var per layer
-/// and direction.
+/// Hidden state (and a cell's further states, such as an LSTM's cell
+/// state) on a tape, one [B×width] var per layer and direction.
 ///
 /// ```
 /// use tapegrad::layers::State;
@@ -22,8 +24,12 @@ use crate::{Real, Tape, Tensor, Var};
 pub struct State<'t, F: Real> {
     /// h per layer·direction, each [B×H].
     pub h: Vec<Var<'t, F>>,
-    /// c per layer·direction for an LSTM, `None` for RNN and GRU.
+    /// The cell's first further state per layer·direction (an LSTM's c);
+    /// `None` for cells with h alone (RNN, GRU).
     pub c: Option<Vec<Var<'t, F>>>,
+    /// Further states after `c`, each per layer·direction (empty for the
+    /// built-in cells).
+    pub extra: Vec<Vec<Var<'t, F>>>,
 }
 
 impl<'t, F: Real> State<'t, F> {
@@ -44,6 +50,49 @@ impl<'t, F: Real> State<'t, F> {
         State {
             h: z(),
             c: cell.then(z),
+            extra: Vec::new(),
+        }
+    }
+
+    /// A state of `h` and, for a cell that has one, `c`.
+    pub fn new(h: Vec<Var<'t, F>>, c: Option<Vec<Var<'t, F>>>) -> Self {
+        State {
+            h,
+            c,
+            extra: Vec::new(),
+        }
+    }
+
+    /// State tensors per entry: 1 (h), 2 (h, c), or more.
+    pub fn count(&self) -> usize {
+        match &self.c {
+            Some(_) => 2 + self.extra.len(),
+            None => 1,
+        }
+    }
+
+    /// State tensor `k` (0 = h, 1 = c, 2… = `extra`) of every entry.
+    pub(crate) fn tensors(&self, k: usize) -> &[Var<'t, F>] {
+        match (k, &self.c) {
+            (0, _) => &self.h,
+            (1, Some(c)) => c,
+            _ => &self.extra[k - 2],
+        }
+    }
+
+    /// The state tensors of entry `idx` (layer·D + dir), h first.
+    pub(crate) fn entry(&self, idx: usize) -> Vec<Var<'t, F>> {
+        (0..self.count()).map(|k| self.tensors(k)[idx]).collect()
+    }
+
+    /// The inverse of [`State::entry`]: entries, each h first, into a state.
+    pub(crate) fn from_entries(entries: Vec<Vec<Var<'t, F>>>) -> Self {
+        let count = entries.first().map_or(1, Vec::len);
+        let column = |k: usize| entries.iter().map(|e| e[k]).collect::<Vec<_>>();
+        State {
+            h: column(0),
+            c: (count > 1).then(|| column(1)),
+            extra: (2..count).map(column).collect(),
         }
     }
 
@@ -55,6 +104,11 @@ impl<'t, F: Real> State<'t, F> {
                 .c
                 .as_ref()
                 .map(|c| c.iter().map(|v| v.detach()).collect()),
+            extra: self
+                .extra
+                .iter()
+                .map(|s| s.iter().map(|v| v.detach()).collect())
+                .collect(),
         }
     }
 
@@ -76,6 +130,11 @@ impl<'t, F: Real> State<'t, F> {
                 .c
                 .as_ref()
                 .map(|c| c.iter().map(|v| v.to_tensor()).collect()),
+            extra: self
+                .extra
+                .iter()
+                .map(|s| s.iter().map(|v| v.to_tensor()).collect())
+                .collect(),
         }
     }
 
@@ -91,8 +150,10 @@ impl<'t, F: Real> State<'t, F> {
 pub struct StateTensors<F: Real> {
     /// h per layer·direction, each [B×H].
     pub h: Vec<Tensor<F>>,
-    /// c per layer·direction (LSTM).
+    /// The first further state per layer·direction (an LSTM's c).
     pub c: Option<Vec<Tensor<F>>>,
+    /// Further states after `c` (see [`State::extra`]).
+    pub extra: Vec<Vec<Tensor<F>>>,
 }
 
 impl<F: Real> StateTensors<F> {
@@ -107,6 +168,7 @@ impl<F: Real> StateTensors<F> {
         State {
             h: bind(&self.h),
             c: self.c.as_ref().map(bind),
+            extra: self.extra.iter().map(bind).collect(),
         }
     }
 
@@ -117,6 +179,7 @@ impl<F: Real> StateTensors<F> {
         State {
             h: bind(&self.h),
             c: self.c.as_ref().map(bind),
+            extra: self.extra.iter().map(bind).collect(),
         }
     }
 }

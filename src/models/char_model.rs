@@ -771,6 +771,7 @@ fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) -> StateTen
     StateTensors {
         h: pick(&state.h),
         c: state.c.as_ref().map(pick),
+        extra: Vec::new(),
     }
 }
 
@@ -796,5 +797,6 @@ fn stack_state_rows<F: Real>(parts: &[StateTensors<F>]) -> StateTensors<F> {
             .c
             .as_ref()
             .map(|_| stack(&|p| p.c.as_ref().expect("every shard has a cell state"))),
+        extra: Vec::new(),
     }
 }

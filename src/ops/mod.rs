@@ -181,11 +181,22 @@ impl<F: Real> Op<F> {
     }
 
     /// Whether this op's backward reads its own output value.
+    ///
+    /// Both lists name every family (no wildcard), so a new family must
+    /// declare what it reads before it compiles; a value a rule reads
+    /// without declaring it trips a debug assertion (`Tensor::data`).
     pub(crate) fn reads_output(&self) -> bool {
         match self {
             Op::Unary(o, _) => o.reads_output(),
             Op::Loss(o) => o.reads_output(),
-            _ => false,
+            Op::Leaf
+            | Op::Param(_)
+            | Op::Binary(_)
+            | Op::Linalg(_)
+            | Op::Reduce(_)
+            | Op::Shape(_)
+            | Op::Dropout(_)
+            | Op::Select(_) => false,
         }
     }
 

@@ -151,19 +151,30 @@ impl<F: Real> UnaryOp<F> {
         c: &BackwardCtx<'_, F>,
         slot: GradSlot<'_, F>,
     ) {
+        // Only the values the rule declares are read (the others may have
+        // been released); gy stands in for them below.
+        let x = if self.reads_input() {
+            c.x[0].data()
+        } else {
+            &[]
+        };
+        let y = if self.reads_output() { c.y.data() } else { &[] };
         let Some(w) = cols else {
-            return self.backward_rows(c.gy.data(), c.x[0].data(), c.y.data(), slot);
+            return self.backward_rows(c.gy.data(), x, y, slot);
         };
         // A window: add each output row's rule into its row of the window
         // (the rest of ∂L/∂x gets nothing from this op).
         let width = c.x[0].shape()[1];
         let d = slot.for_adding();
-        let x = c.x[0].data();
-        let rows = c.gy.data().chunks_exact(w.len.max(1));
-        for (r, (gy, y)) in rows.zip(c.y.data().chunks_exact(w.len.max(1))).enumerate() {
+        for (r, gy) in c.gy.data().chunks_exact(w.len.max(1)).enumerate() {
             let at = r * width + w.start;
             let x = if self.reads_input() {
                 &x[at..at + w.len]
+            } else {
+                gy
+            };
+            let y = if self.reads_output() {
+                &y[r * w.len..(r + 1) * w.len]
             } else {
                 gy
             };

@@ -70,6 +70,17 @@ pub(crate) struct Node<F> {
     pub(crate) label: u32,
 }
 
+impl<F: Real> Node<F> {
+    /// Whether the value may go back to the pool: no recorded backward rule
+    /// reads it, it is not a bound parameter, and it holds data.
+    fn releasable(&self) -> bool {
+        !(self.pinned
+            || self.released
+            || self.value.buffer_len() == 0
+            || matches!(self.op, Op::Param(_)))
+    }
+}
+
 /// Everything behind the tape's `RefCell`.
 pub(crate) struct Inner<F> {
     pub(crate) nodes: Vec<Node<F>>,
@@ -202,7 +213,7 @@ impl<F: Real> Tape<F> {
         inner
             .nodes
             .iter()
-            .map(|n| n.value.data().len())
+            .map(|n| n.value.buffer_len())
             .sum::<usize>()
             + inner.pool.held()
     }
@@ -497,11 +508,7 @@ impl<F: Real> Tape<F> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let node = &mut inner.nodes[id as usize];
-        if node.pinned
-            || node.released
-            || node.value.data().is_empty()
-            || matches!(node.op, Op::Param(_))
-        {
+        if !node.releasable() {
             return false;
         }
         node.released = true;
@@ -527,15 +534,40 @@ impl<F: Real> Tape<F> {
     /// assert!((dx - 2.0 * (1.0 - 3f64.tanh().powi(2))).abs() < 1e-12);
     /// ```
     pub fn release_unneeded(&self, keep: &[Var<'_, F>]) -> usize {
-        let n = self.len();
+        self.release_since(0, keep)
+    }
+
+    /// [`Tape::release_unneeded`] for the nodes recorded since the tape held
+    /// `start` nodes (`start = tape.len()` taken before): a scope whose
+    /// intermediate values go back to the pool as soon as it ends, unless a
+    /// backward rule reads them or they are in `keep`. The recurrent layers
+    /// run every cell step this way, so a cell needs no releases of its own.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let h0 = tape.var(Tensor::ones(&[1, 4]));
+    /// let start = tape.len();
+    /// let z = h0 * 3.0 + 1.0;                  // read by no backward rule
+    /// let h1 = z.tanh();                       // tanh's backward reads h1
+    /// assert_eq!(tape.release_since(start, &[h1]), 8); // h0·3 and z
+    /// assert!(!z.release());                 // already back in the pool
+    /// let g = h1.sum().backward();
+    /// assert!((g.wrt(h0).data()[0] - 3.0 * (1.0 - 4f64.tanh().powi(2))).abs() < 1e-12);
+    /// ```
+    pub fn release_since(&self, start: usize, keep: &[Var<'_, F>]) -> usize {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
         let mut freed = 0;
-        for id in 0..n as NodeId {
-            if keep.iter().any(|v| v.is_on(self) && v.id() == id) {
+        for id in start..inner.nodes.len() {
+            if keep.iter().any(|v| v.is_on(self) && v.id() as usize == id) {
                 continue;
             }
-            let len = self.inner.borrow().nodes[id as usize].value.data().len();
-            if self.release_node(id) {
-                freed += len;
+            let node = &mut inner.nodes[id];
+            if node.releasable() {
+                freed += node.value.buffer_len();
+                node.released = true;
+                inner.pool.give(node.value.take_data());
             }
         }
         freed
@@ -596,4 +628,48 @@ impl<F: Real> Drop for ScopeGuard<'_, F> {
 /// Shape helper shared by tape code: the shape of a var's value.
 pub(crate) fn shape_of<F: Real>(t: &Tensor<F>) -> Shape {
     t.shape().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Releases node `id`'s value even though a backward rule reads it: the
+    /// mistake an op makes when it does not declare what its rule reads.
+    fn release_behind_the_rules_back(tape: &Tape<f64>, id: NodeId) {
+        let mut inner = tape.inner.borrow_mut();
+        let node = &mut inner.nodes[id as usize];
+        node.released = true;
+        let buf = node.value.take_data();
+        inner.pool.give(buf);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "released [2, 3] value")]
+    fn a_rule_reading_an_undeclared_released_value_panics_in_debug_builds() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::ones(&[2, 3]));
+        let y = x.tanh(); // tanh's rule reads y
+        let loss = y.sum();
+        release_behind_the_rules_back(&tape, y.id());
+        let _ = loss.backward();
+    }
+
+    #[test]
+    fn release_since_keeps_what_rules_read_and_what_is_kept() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::ones(&[2, 3]));
+        let start = tape.len();
+        let a = x * 2.0; // read by no rule
+        let b = a.tanh(); // read by tanh's rule
+        let c = b + 1.0; // read by no rule, but kept
+        assert_eq!(tape.release_since(start, &[c]), 6);
+        assert!(!a.release(), "a went back to the pool already");
+        assert!(!b.release(), "b is pinned by tanh's rule");
+        assert!(c.release(), "c was kept, so it was still held");
+        let g = b.sum().backward();
+        let want = 2.0 * (1.0 - 2f64.tanh().powi(2));
+        assert!(g.wrt(x).data().iter().all(|&d| (d - want).abs() < 1e-15));
+    }
 }

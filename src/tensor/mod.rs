@@ -285,8 +285,24 @@ impl<F: Real> Tensor<F> {
     }
 
     /// The elements, row-major.
+    ///
+    /// In debug builds, reading the data of a tape value that was released
+    /// (its shape kept, its buffer back in the pool) panics: a backward rule
+    /// that reads a value its op did not declare would otherwise compute a
+    /// wrong gradient from an empty slice.
     pub fn data(&self) -> &[F] {
+        debug_assert!(
+            self.data.len() == self.numel(),
+            "read of the data of a released {:?} value: a backward rule reads a value \
+             its op does not declare (ops/mod.rs: reads_input / reads_output)",
+            self.shape.as_slice()
+        );
         &self.data
+    }
+
+    /// The length of the buffer: `numel()`, or 0 once a tape released it.
+    pub(crate) fn buffer_len(&self) -> usize {
+        self.data.len()
     }
 
     /// The elements, row-major, writable.

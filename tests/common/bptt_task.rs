@@ -7,15 +7,21 @@
 
 #![allow(dead_code)]
 
-use tapegrad::layers::{Linear, Lstm, RecurrentConfig, Rnn};
+#[path = "user_lstm.rs"]
+mod user_lstm;
+
+use tapegrad::layers::{Linear, Lstm, Recurrent, RecurrentConfig, Rnn};
 use tapegrad::reference::{LstmParams, RnnParams};
 use tapegrad::{Grads, Nonlinearity, ParamKey, ParamStore, Real, Reduction, Tape, Tensor, Var};
+use user_lstm::UserLstm;
 
 /// Which recurrent cell the task runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cell {
     Rnn(Nonlinearity),
     Lstm,
+    /// The LSTM of `user_lstm.rs`, written through the public interface.
+    UserLstm,
 }
 
 /// A tape model holding the same numbers as a reference parameter set.
@@ -24,6 +30,7 @@ pub struct TapeModel<F: Real> {
     pub cell: Cell,
     rnn: Option<Rnn>,
     lstm: Option<Lstm>,
+    user: Option<Recurrent<UserLstm>>,
     head: Linear,
     pub w_ih: ParamKey,
     pub w_hh: ParamKey,
@@ -47,13 +54,15 @@ impl<F: Real> TapeModel<F> {
         let cfg = RecurrentConfig::new(input, hidden)
             .nonlinearity(match cell {
                 Cell::Rnn(phi) => phi,
-                Cell::Lstm => Nonlinearity::Tanh,
+                Cell::Lstm | Cell::UserLstm => Nonlinearity::Tanh,
             })
             .projection_steps(chunk.unwrap_or(0));
-        let (rnn, lstm) = match cell {
-            Cell::Rnn(_) => (Some(Rnn::new(&mut store, "rnn", cfg, 0)), None),
-            Cell::Lstm => (None, Some(Lstm::new(&mut store, "rnn", cfg, 0))),
-        };
+        let (mut rnn, mut lstm, mut user) = (None, None, None);
+        match cell {
+            Cell::Rnn(_) => rnn = Some(Rnn::new(&mut store, "rnn", cfg, 0)),
+            Cell::Lstm => lstm = Some(Lstm::new(&mut store, "rnn", cfg, 0)),
+            Cell::UserLstm => user = Some(Recurrent::new(&mut store, "rnn", cfg, 0)),
+        }
         let head = Linear::new(&mut store, "decoder", hidden, output, true, 0);
         let w_ih = copy(&mut store, "rnn.weight_ih_l0", w[0]);
         let w_hh = copy(&mut store, "rnn.weight_hh_l0", w[1]);
@@ -66,6 +75,7 @@ impl<F: Real> TapeModel<F> {
             cell,
             rnn,
             lstm,
+            user,
             head,
             w_ih,
             w_hh,
@@ -99,10 +109,20 @@ impl<F: Real> TapeModel<F> {
 
     /// The same, hoisting the input projection `chunk` steps at a time.
     pub fn lstm_chunked(p: &LstmParams<F>, chunk: Option<usize>) -> Self {
+        Self::lstm_like(Cell::Lstm, p, chunk)
+    }
+
+    /// The tape twin of a reference LSTM, its cell written through the
+    /// public `Cell` interface outside the crate.
+    pub fn user_lstm(p: &LstmParams<F>) -> Self {
+        Self::lstm_like(Cell::UserLstm, p, None)
+    }
+
+    fn lstm_like(cell: Cell, p: &LstmParams<F>, chunk: Option<usize>) -> Self {
         let (h4, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
         let o = p.w_out.shape()[0];
         Self::build(
-            Cell::Lstm,
+            cell,
             [i, h4 / 4, o],
             chunk,
             [&p.w_ih, &p.w_hh, &p.b_ih, &p.b_hh, &p.w_out, &p.b_out],
@@ -143,10 +163,12 @@ impl<F: Real> TapeModel<F> {
         let init = tapegrad::layers::State {
             h: vec![h0],
             c: c0.map(|c| vec![c]),
+            extra: Vec::new(),
         };
-        let out = match (&self.rnn, &self.lstm) {
-            (Some(r), _) => r.forward(tape, &self.store, x, Some(&init)),
-            (_, Some(l)) => l.forward(tape, &self.store, x, Some(&init)),
+        let out = match (&self.rnn, &self.lstm, &self.user) {
+            (Some(r), _, _) => r.forward(tape, &self.store, x, Some(&init)),
+            (_, Some(l), _) => l.forward(tape, &self.store, x, Some(&init)),
+            (_, _, Some(u)) => u.forward(tape, &self.store, x, Some(&init)),
             _ => unreachable!(),
         };
         let logits = self.head.forward(tape, &self.store, out.stacked_rows());
@@ -165,14 +187,15 @@ impl<F: Real> TapeModel<F> {
         targets: &[usize],
     ) -> (F, Grads<F>) {
         let [_, b, _] = shape;
-        let h = match (&self.rnn, &self.lstm) {
-            (Some(r), _) => r.config().hidden_size,
-            (_, Some(l)) => l.config().hidden_size,
+        let h = match (&self.rnn, &self.lstm, &self.user) {
+            (Some(r), _, _) => r.config().hidden_size,
+            (_, Some(l), _) => l.config().hidden_size,
+            (_, _, Some(u)) => u.config().hidden_size,
             _ => unreachable!(),
         };
         let xv = tape.constant_from_slice(x, &shape);
         let h0 = tape.zeros(&[b, h]);
-        let c0 = matches!(self.cell, Cell::Lstm).then(|| tape.zeros(&[b, h]));
+        let c0 = (!matches!(self.cell, Cell::Rnn(_))).then(|| tape.zeros(&[b, h]));
         let loss = self.loss(tape, xv, h0, c0, targets);
         (loss.item(), loss.backward())
     }
