@@ -18,6 +18,11 @@
 //! else is written; a run that trains no step writes nothing. The tests at
 //! the end of this file run it on tiny corpora (`cargo test --example
 //! char_lstm`, part of `cargo test`).
+//!
+//! Across processes (feature `mpi`): `mpirun -np N cargo run --release
+//! --features mpi --example char_lstm -- …` — each rank trains on its share
+//! of the streams, the gradients are all-reduced every step
+//! (`tapegrad::distributed`), rank 0 prints, samples and writes the files.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
@@ -25,6 +30,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tapegrad::checkpoint;
+use tapegrad::distributed::{
+    check_params_equal, fingerprint, rank_streams, Collective, Timed, WorldDescription,
+};
 use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Sampling, Vocab};
 use tapegrad::optim::{Adagrad, Adam, LrSchedule, Optimizer, RmsProp, Sgd};
 use tapegrad::parallel::DataParallel;
@@ -62,6 +70,9 @@ usage: cargo run --release --example char_lstm -- [options]
   --out DIR             output directory [out/char_lstm]
   --resume PATH         continue from a checkpoint (its sizes and optimizer win)
   --help                this text
+
+Under mpirun (built with --features mpi) the streams are split over the ranks and the
+gradients all-reduced every step; rank 0 reads --resume, prints and writes the files.
 ";
 
 #[derive(Debug, Clone)]
@@ -405,17 +416,90 @@ fn say(pb: &ProgressBar, line: &str) {
     }
 }
 
+/// The processes training together: an MPI job with the `mpi` feature, this
+/// process alone without it.
+#[cfg(feature = "mpi")]
+type World = Timed<tapegrad::distributed::Mpi>;
+#[cfg(not(feature = "mpi"))]
+type World = Timed<tapegrad::distributed::Solo>;
+
+fn start_world() -> Result<World, tapegrad::Error> {
+    #[cfg(feature = "mpi")]
+    return Ok(Timed::new(tapegrad::distributed::Mpi::init()?));
+    #[cfg(not(feature = "mpi"))]
+    Ok(Timed::new(tapegrad::distributed::Solo))
+}
+
+/// Prints `e` to stderr naming this rank, in one write so the ranks' lines
+/// do not interleave.
+fn say_rank(world: &World, e: &dyn std::fmt::Display) {
+    let line = format!(
+        "char_lstm (rank {} of {}): {e}\n",
+        world.rank(),
+        world.size()
+    );
+    eprint!("{line}");
+}
+
+/// Reports `e` and ends the process — and, in a job of several ranks, the
+/// whole job (`MPI_Abort`), since the others may be waiting for this one.
+fn fail(world: &World, e: &dyn std::fmt::Display, code: i32) -> ! {
+    if world.size() > 1 {
+        say_rank(world, e);
+        #[cfg(feature = "mpi")]
+        world.inner().abort(code);
+    } else {
+        eprintln!("char_lstm: {e}");
+    }
+    std::process::exit(code);
+}
+
+/// An error every rank of the job has met at the same point (a mismatch
+/// found by comparing all ranks, a non-finite reduced gradient): the ranks
+/// can end together without aborting the job.
+#[derive(Debug)]
+struct Everywhere(tapegrad::Error);
+
+impl std::fmt::Display for Everywhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Everywhere {}
+
+/// `path`'s bytes, read by rank 0 and sent to every rank (so the ranks need
+/// not share a file system).
+fn read_on_root<C: Collective>(world: &Timed<C>, path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    if world.rank() == 0 {
+        bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    }
+    world.broadcast_bytes(&mut bytes);
+    Ok(bytes)
+}
+
 fn main() {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
+    let world = match start_world() {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("char_lstm: {e}");
-            std::process::exit(2);
+            std::process::exit(1);
         }
     };
-    if let Err(e) = run(&args) {
-        eprintln!("char_lstm: {e}");
-        std::process::exit(1);
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => fail(&world, &e, 2),
+    };
+    if let Err(e) = run(&args, &world) {
+        if e.downcast_ref::<Everywhere>().is_some() && world.size() > 1 {
+            // Every rank stops here: finalise together, no abort needed.
+            say_rank(&world, &e);
+            drop(world);
+            std::process::exit(1);
+        }
+        fail(&world, &e, 1);
     }
 }
 
@@ -430,7 +514,8 @@ struct Report {
     written: Vec<PathBuf>,
 }
 
-fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
+fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn std::error::Error>> {
+    let root = world.rank() == 0;
     tapegrad::set_num_threads(args.threads);
     let text = std::fs::read_to_string(&args.corpus)
         .map_err(|e| format!("cannot read corpus `{}`: {e}", args.corpus.display()))?;
@@ -449,19 +534,24 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     // The model, the optimizer and the curves: fresh, or from a checkpoint.
     let (mut model, mut opt, start, mut curves) = match &args.resume {
         Some(path) => {
-            let info = checkpoint::inspect_file(path)?;
+            let bytes = read_on_root(world, path)?;
+            let in_file = |e: tapegrad::Error| format!("`{}`: {e}", path.display());
+            let info = checkpoint::inspect(&bytes).map_err(in_file)?;
             let kind = info.optimizer.clone().ok_or_else(|| {
                 format!("`{}` holds no optimizer state to resume", path.display())
             })?;
             let mut opt = make_optimizer(&kind, args.lr)?;
-            let (model, info) = CharModel::<f32>::load(path, Some(opt.as_mut()))?;
+            let (model, info) =
+                CharModel::<f32>::from_bytes(&bytes, Some(opt.as_mut())).map_err(in_file)?;
             check_resume_vocab(path, model.vocab(), &text)?;
-            println!(
-                "resumed from {} at step {} ({kind}, {:?})",
-                path.display(),
-                info.step,
-                model.config()
-            );
+            if root {
+                println!(
+                    "resumed from {} at step {} ({kind}, {:?})",
+                    path.display(),
+                    info.step,
+                    model.config()
+                );
+            }
             let curves = Curves::from_metadata(&info.metadata);
             (model, opt, info.step, curves)
         }
@@ -499,16 +589,55 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         .then(|| CharStreams::new(val_ids, 16.min(n_val / 2).max(1)))
         .transpose()?;
     let chunks = train.chunks(args.seq_len) as u64;
-    let cfg = *model.config();
-    println!(
-        "corpus {}: {} characters, vocabulary {}, train {} / validation {} characters",
-        args.corpus.display(),
-        ids.len(),
-        model.vocab().len(),
-        train_ids.len(),
-        n_val
+    // This rank's streams (all of them in a single process).
+    if world.size() > args.batch {
+        return Err(format!(
+            "{} ranks for --batch {}: every rank needs a stream",
+            world.size(),
+            args.batch
+        )
+        .into());
+    }
+    let mine = rank_streams(args.batch, world.rank(), world.size());
+    if args.workers > mine.len() {
+        return Err(format!(
+            "--workers {} exceeds this rank's {} streams",
+            args.workers,
+            mine.len()
+        )
+        .into());
+    }
+    let settings = format!(
+        "batch {}, seq-len {}, steps {}, start {start}, lr {}, warmup {}, optimizer {}, clip {}, seed {}, val-fraction {}",
+        args.batch, args.seq_len, args.steps, args.lr, args.warmup, opt.kind(), args.clip, args.seed, args.val_fraction
     );
-    println!(
+    let corpus_bytes: Vec<u8> = ids.iter().flat_map(|&i| (i as u32).to_le_bytes()).collect();
+    model
+        .join_world(
+            world,
+            WorldDescription::new()
+                .entry(
+                    "corpus",
+                    format!(
+                        "{} characters, fingerprint {:016x}",
+                        ids.len(),
+                        fingerprint(&corpus_bytes)
+                    ),
+                )
+                .entry("settings", settings),
+        )
+        .map_err(Everywhere)?;
+    let cfg = *model.config();
+    if root {
+        println!(
+            "corpus {}: {} characters, vocabulary {}, train {} / validation {} characters",
+            args.corpus.display(),
+            ids.len(),
+            model.vocab().len(),
+            train_ids.len(),
+            n_val
+        );
+        println!(
         "model: Embedding({}, {}) → LSTM({} layers × {}) → Linear({}, {}): {} parameters; {} × {} characters per step, \
          {chunks} steps per epoch; {} lr {} (warm-up {}, cosine to lr/10), clip {}; GEMM threads: {}; workers: {}",
         model.vocab().len(),
@@ -527,6 +656,10 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         tapegrad::num_threads(),
         args.workers
     );
+        if world.size() > 1 {
+            println!("ranks: {} (streams {:?} on rank 0)", world.size(), mine);
+        }
+    }
     let schedule = LrSchedule::Warmup {
         steps: args.warmup,
         then: Box::new(LrSchedule::Cosine {
@@ -541,7 +674,10 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         seed: args.seed,
     };
     let bpc = |nats: f64| nats / std::f64::consts::LN_2;
-    let evaluate = |model: &CharModel<f32>| val.as_ref().map(|v| bpc(model.evaluate(v, 128)));
+    let evaluate = |model: &CharModel<f32>| {
+        val.as_ref()
+            .map(|v| bpc(model.evaluate_distributed(world, v, 128)))
+    };
     let save = |model: &CharModel<f32>,
                 opt: &dyn Optimizer<f32>,
                 step: u64,
@@ -559,19 +695,26 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     if start >= args.steps {
         // Nothing to train: nothing is written, so no output of an earlier
         // run in `--out` is replaced by one of a run that made nothing.
-        println!(
-            "nothing to train: the model is at step {start} and --steps is {}; nothing written",
-            args.steps
-        );
-        if let Some(v) = evaluate(&model) {
-            println!("validation: {v:.3} bits per character");
+        let v = evaluate(&model);
+        if root {
+            println!(
+                "nothing to train: the model is at step {start} and --steps is {}; nothing written",
+                args.steps
+            );
+            if let Some(v) = v {
+                println!("validation: {v:.3} bits per character");
+            }
+            let sample = model.sample(&args.prompt, args.sample_len, &sampling)?;
+            println!("--- sample (not saved) ---\n{}{sample}\n---", args.prompt);
         }
-        let sample = model.sample(&args.prompt, args.sample_len, &sampling)?;
-        println!("--- sample (not saved) ---\n{}{sample}\n---", args.prompt);
         return Ok(report);
     }
 
-    let pb = ProgressBar::new(args.steps);
+    let pb = if root {
+        ProgressBar::new(args.steps)
+    } else {
+        ProgressBar::hidden()
+    };
     pb.set_style(
         ProgressStyle::with_template(
             "{elapsed_precise} [{bar:30.cyan/blue}] step {pos}/{len} {msg} (eta {eta})",
@@ -580,35 +723,41 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     );
     pb.set_position(start);
     let mut tape = Tape::new();
-    let mut dp = (args.workers > 1).then(|| DataParallel::new(args.workers));
-    let mut state = model.zero_state(args.batch);
+    let mut dp = (args.workers > 1 || world.size() > 1).then(|| DataParallel::new(args.workers));
+    let mut state = model.zero_state(mine.len());
     let mut smooth: Option<f64> = None;
     let (mut window_loss, mut window_steps) = (0.0, 0u64);
     let log_every = (args.eval_every / 4).max(1);
     let started = Instant::now();
     let mut train_secs = 0.0;
+    let mut comm_secs = 0.0;
     let mut train_chars = 0usize;
     let mut recent = (Instant::now(), 0usize);
     let mut rate = 0.0;
     for step in start..args.steps {
         let k = step % chunks;
         if k == 0 || step == start {
-            state = model.zero_state(args.batch);
+            state = model.zero_state(mine.len());
         }
         schedule.apply(opt.as_mut(), step);
         let batch = train.batch(k as usize, args.seq_len);
         let t0 = Instant::now();
+        let comm0 = world.seconds();
         let (clip, seed) = (
             (args.clip > 0.0).then_some(args.clip),
             args.seed.wrapping_mul(1_000_003).wrapping_add(step),
         );
         let stats = match dp.as_mut() {
+            Some(dp) if world.size() > 1 => model
+                .train_step_distributed(world, dp, opt.as_mut(), &batch, &mut state, clip, seed)
+                .map_err(Everywhere)?,
             Some(dp) => {
                 model.train_step_parallel(dp, opt.as_mut(), &batch, &mut state, clip, seed)?
             }
             None => model.train_step(&mut tape, opt.as_mut(), &batch, &mut state, clip, seed)?,
         };
         train_secs += t0.elapsed().as_secs_f64();
+        comm_secs += world.seconds() - comm0;
         train_chars += batch.targets.len();
         recent.1 += batch.targets.len();
         let s = smooth.map_or(stats.loss, |s| 0.95 * s + 0.05 * stats.loss);
@@ -641,22 +790,28 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         if done % args.eval_every == 0 || done == args.steps {
             if let Some(v) = evaluate(&model) {
                 curves.val.push((done, v));
-                say(
-                    &pb,
-                    &format!(
-                        "step {done:>5}: train {:.3} bpc (smoothed), validation {v:.3} bpc, lr {:.2e}, {:.0} chars/s",
-                        bpc(s),
-                        opt.lr(),
-                        train_chars as f64 / train_secs
-                    ),
-                );
+                if root {
+                    say(
+                        &pb,
+                        &format!(
+                            "step {done:>5}: train {:.3} bpc (smoothed), validation {v:.3} bpc, lr {:.2e}, {:.0} chars/s",
+                            bpc(s),
+                            opt.lr(),
+                            train_chars as f64 / train_secs
+                        ),
+                    );
+                }
             }
         }
         // The checkpoint first: nothing after it can lose the steps.
         if done % args.checkpoint_every == 0 || done == args.steps {
-            save(&model, opt.as_ref(), done, &curves, &mut report)?;
+            // Every rank must hold the same parameters; rank 0 writes them.
+            check_params_equal(world, model.store()).map_err(Everywhere)?;
+            if root {
+                save(&model, opt.as_ref(), done, &curves, &mut report)?;
+            }
         }
-        if done % args.sample_every == 0 || done == args.steps {
+        if root && (done % args.sample_every == 0 || done == args.steps) {
             let sample = model.sample(&args.prompt, args.sample_len, &sampling)?;
             say(
                 &pb,
@@ -668,6 +823,10 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         }
     }
     pb.finish_and_clear();
+    if !root {
+        report.trained = args.steps.saturating_sub(start);
+        return Ok(report);
+    }
 
     let total = started.elapsed().as_secs_f64();
     let trained = args.steps.saturating_sub(start);
@@ -677,6 +836,13 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         train_secs,
         train_chars as f64 / train_secs.max(1e-9)
     );
+    if world.size() > 1 && trained > 0 {
+        println!(
+            "all-reduce on rank 0: {:.2} ms per step, {:.1}% of the training steps' time",
+            1e3 * comm_secs / trained as f64,
+            100.0 * comm_secs / train_secs.max(1e-9)
+        );
+    }
     if let Some(&(_, v)) = curves.val.last() {
         println!("final validation: {v:.3} bits per character");
     }
@@ -716,6 +882,11 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The main job in this process alone.
+    fn run_solo(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
+        run(args, &Timed::new(tapegrad::distributed::Solo))
+    }
 
     /// A fresh directory under the system temp dir for one test.
     fn scratch(name: &str) -> PathBuf {
@@ -760,7 +931,7 @@ mod tests {
         let dir = scratch("prompt");
         let mut args = tiny(&dir, &TEXT.repeat(4));
         args.prompt = "Quoth the raven".into();
-        let err = run(&args).unwrap_err().to_string();
+        let err = run_solo(&args).unwrap_err().to_string();
         assert!(err.contains("--prompt"), "{err}");
         assert!(err.contains("'Q', 'u', 'v'"), "{err}");
         assert!(!args.out.exists(), "nothing may be written: {err}");
@@ -771,7 +942,7 @@ mod tests {
         let dir = scratch("periodic");
         let mut args = tiny(&dir, &TEXT.repeat(4));
         args.steps = 5;
-        let report = run(&args).unwrap();
+        let report = run_solo(&args).unwrap();
         let ckpt = args.out.join("checkpoint.safetensors");
         assert_eq!(report.trained, 5);
         assert_eq!(report.checkpoint, Some((ckpt.clone(), 5)));
@@ -784,10 +955,10 @@ mod tests {
         let mut args = tiny(&dir, &TEXT.repeat(4));
         args.steps = 3;
         args.checkpoint_every = 2;
-        run(&args).unwrap();
+        run_solo(&args).unwrap();
         args.steps = 2;
         args.out = dir.join("out-2");
-        let report = run(&args).unwrap();
+        let report = run_solo(&args).unwrap();
         assert_eq!(report.checkpoint.map(|c| c.1), Some(2));
     }
 
@@ -802,7 +973,7 @@ mod tests {
         for f in ["loss.svg", "loss.csv", "sample.txt"] {
             std::fs::write(args.out.join(f), "an earlier run's output").unwrap();
         }
-        let report = run(&args).unwrap();
+        let report = run_solo(&args).unwrap();
         assert_eq!(report.trained, 0);
         assert_eq!(report.checkpoint, None);
         assert!(report.written.is_empty());
@@ -817,13 +988,13 @@ mod tests {
             out: dir.join("trained"),
             ..args.clone()
         };
-        run(&trained).unwrap();
+        run_solo(&trained).unwrap();
         let again = Args {
             resume: Some(trained.out.join("checkpoint.safetensors")),
             out: dir.join("again"),
             ..trained.clone()
         };
-        let report = run(&again).unwrap();
+        let report = run_solo(&again).unwrap();
         assert!(report.checkpoint.is_none() && report.written.is_empty());
         assert!(!again.out.exists());
     }
@@ -832,7 +1003,7 @@ mod tests {
     fn an_empty_corpus_is_one_clear_error_and_leaves_no_output_directory() {
         let dir = scratch("empty");
         let args = tiny(&dir, "");
-        let err = run(&args).unwrap_err().to_string();
+        let err = run_solo(&args).unwrap_err().to_string();
         assert!(err.contains("empty") && err.contains("corpus.txt"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
         assert!(!args.out.exists());
@@ -842,7 +1013,7 @@ mod tests {
             prompt: "a".into(),
             ..tiny(&dir, "abc")
         };
-        let err = run(&args).unwrap_err().to_string();
+        let err = run_solo(&args).unwrap_err().to_string();
         assert!(err.contains("--batch 32"), "{err}");
         assert!(!args.out.exists());
     }
@@ -869,7 +1040,7 @@ mod tests {
     fn resuming_on_another_corpus_names_the_vocabulary_difference() {
         let dir = scratch("resume");
         let first = tiny(&dir, &TEXT.repeat(4));
-        run(&first).unwrap();
+        run_solo(&first).unwrap();
         let other = "Go to the cat, God said. ".repeat(8);
         let resumed = Args {
             resume: Some(first.out.join("checkpoint.safetensors")),
@@ -877,7 +1048,7 @@ mod tests {
             out: dir.join("resumed"),
             ..tiny(&dir, &other)
         };
-        let err = run(&resumed).unwrap_err().to_string();
+        let err = run_solo(&resumed).unwrap_err().to_string();
         assert!(err.contains("--resume"), "{err}");
         assert!(
             err.contains("the checkpoint's vocabulary")

@@ -20,7 +20,9 @@
 //!   `tapegrad.optim.{scalar}` for each hyper-parameter and counter
 //!   (`tapegrad.optim.lr`, `tapegrad.optim.step`, …; numbers in Rust's
 //!   shortest round-trip form), plus the caller's own keys, which may not
-//!   be `format` or start with `tapegrad.`.
+//!   be `format` or start with `tapegrad.`. The keys are written in sorted
+//!   order, so the same contents always give the same bytes (runs and the
+//!   ranks of a distributed job can compare checkpoints by hash).
 //!
 //! ## Loading
 //!
@@ -207,7 +209,7 @@ pub fn to_bytes<F: Real>(
             F::NAME
         ))
     })?;
-    let mut meta: HashMap<String, String> = HashMap::new();
+    let mut meta: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in metadata {
         if k == KEY_FORMAT || k.starts_with(RESERVED_PREFIX) {
             return Err(invalid(format!(
@@ -256,8 +258,66 @@ pub fn to_bytes<F: Real>(
                 .map_err(|e| invalid(format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| invalid(format!("cannot serialise: {e}")))
+    let bytes = safetensors::tensor::serialize(views, None)
+        .map_err(|e| invalid(format!("cannot serialise: {e}")))?;
+    Ok(with_metadata(bytes, &meta))
+}
+
+/// Puts `meta` into the header of `file` (a safetensors file serialised
+/// without metadata) as its `__metadata__` entry, keys in sorted order, so
+/// the same contents always give the same bytes. (`safetensors` takes the
+/// metadata as a `HashMap` and writes it in that map's random iteration
+/// order.) The header stays padded with spaces to a multiple of 8 bytes.
+fn with_metadata(file: Vec<u8>, meta: &BTreeMap<String, String>) -> Vec<u8> {
+    let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let (header, data) = file[8..].split_at(n);
+    let header = std::str::from_utf8(header)
+        .expect("safetensors writes a UTF-8 header")
+        .trim_end_matches(' ');
+    let tensors = header
+        .strip_prefix('{')
+        .and_then(|h| h.strip_suffix('}'))
+        .expect("a JSON object");
+    let mut out = String::from("{\"__metadata__\":{");
+    for (i, (k, v)) in meta.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(&mut out, k);
+        out.push(':');
+        json_string(&mut out, v);
+    }
+    out.push('}');
+    if !tensors.is_empty() {
+        out.push(',');
+        out.push_str(tensors);
+    }
+    out.push('}');
+    while !out.len().is_multiple_of(8) {
+        out.push(' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + out.len() + data.len());
+    bytes.extend_from_slice(&(out.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(out.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Writes a checkpoint file (see [`to_bytes`]). The bytes go to a sibling

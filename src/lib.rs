@@ -65,6 +65,9 @@
 //!   decoding ([`models::Seq2Seq`]).
 //! - [`parallel`]: data-parallel training over batch shards, one tape per
 //!   core, gradients summed ([`DataParallel`]).
+//! - [`distributed`]: the same data-parallel training across processes and
+//!   hosts — an all-reduce of the gradients per step — over MPI with the
+//!   `mpi` feature (`mpirun -np N …`).
 //! - [`gradcheck`]: finite-difference checks of any function of vars, or
 //!   of a model's parameters in a [`ParamStore`]
 //!   ([`gradcheck::gradcheck_params`], [`gradcheck::gradcheck_store`]).
@@ -112,6 +115,7 @@
 #![warn(rust_2018_idioms)]
 
 pub mod checkpoint;
+pub mod distributed;
 mod error;
 pub mod forward;
 pub mod gradcheck;

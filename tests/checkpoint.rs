@@ -724,3 +724,255 @@ fn char_model_rejects_bad_metadata_before_allocating() {
     let e = CharModel::<f32>::from_bytes(&bytes, None).unwrap_err();
     assert!(e.to_string().contains("not a CharModel checkpoint"), "{e}");
 }
+
+/// The same model, optimizer state, step and metadata saved twice (and
+/// through a file twice) give identical bytes: the header's metadata is
+/// written in sorted key order, not a hash map's random order. Metadata
+/// with JSON's special characters survives the writer's own escaping.
+#[test]
+fn saving_is_byte_deterministic() {
+    let (store, opt) = small();
+    let meta: BTreeMap<String, String> = [
+        ("zeta", "last"),
+        ("alpha", "first"),
+        ("quote\"back\\slash", "line\nbreak\ttab\u{1}ctrl é ✓"),
+        ("mid", ""),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let a = checkpoint::to_bytes(&store, Some(&opt), 9, &meta).unwrap();
+    for _ in 0..8 {
+        assert_eq!(
+            checkpoint::to_bytes(&store, Some(&opt), 9, &meta).unwrap(),
+            a
+        );
+    }
+    let path = temp_path("deterministic");
+    checkpoint::save(&path, &store, Some(&opt), 9, &meta).unwrap();
+    let first = std::fs::read(&path).unwrap();
+    checkpoint::save(&path, &store, Some(&opt), 9, &meta).unwrap();
+    let second = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!((&first, &second), (&a, &a));
+
+    // The header is valid JSON whose metadata keys come in sorted order,
+    // padded to 8 bytes, and everything loads back.
+    let n = u64::from_le_bytes(a[..8].try_into().unwrap()) as usize;
+    assert_eq!(n % 8, 0);
+    let text = std::str::from_utf8(&a[8..8 + n]).unwrap();
+    let keys: Vec<usize> = [
+        "\"alpha\"",
+        "\"format\"",
+        "\"mid\"",
+        "\"quote",
+        "\"tapegrad.dtype\"",
+        "\"zeta\"",
+    ]
+    .iter()
+    .map(|k| text.find(k).unwrap_or_else(|| panic!("{k} not in {text}")))
+    .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{text}");
+    let header = header_json(&a);
+    assert_eq!(
+        header["__metadata__"]["quote\"back\\slash"],
+        "line\nbreak\ttab\u{1}ctrl é ✓"
+    );
+    let (mut back, mut opt2) = target();
+    let info = checkpoint::from_bytes(&a, &mut back, Some(&mut opt2)).unwrap();
+    assert_eq!(info.metadata, meta);
+    assert_eq!(snapshot(&back, bits32), snapshot(&store, bits32));
+    assert_eq!(opt2.state(&back), opt.state(&store));
+
+    // A whole CharModel checkpoint too.
+    let vocab = Vocab::from_text("abc ");
+    let model = CharModel::<f64>::new(vocab, CharModelConfig::default().hidden_size(8), 3);
+    let adam = Adam::new(0.01);
+    let x = model.to_bytes(Some(&adam), 5, &meta).unwrap();
+    assert_eq!(model.to_bytes(Some(&adam), 5, &meta).unwrap(), x);
+}
+
+/// Adam state written with a valid step and the given scalars overridden
+/// (lr = −1, β₁ = 1.5, …), loaded into an Adam: refused with a format error
+/// naming the value, the optimizer and the store untouched.
+#[test]
+fn optimizer_hyper_parameters_from_a_file_are_validated() {
+    let (store, opt) = small();
+    let good = opt.state(&store);
+    let with = |name: &str, v: f64| {
+        let mut s = good.clone();
+        for (n, x) in &mut s.scalars {
+            if n == name {
+                *x = v;
+            }
+        }
+        let mut a = Adam::new(0.3);
+        a.load_state(&store, &good).unwrap();
+        // Write the bad value through the public fields, then save.
+        match name {
+            "lr" => a.lr = v,
+            "beta1" => a.betas.0 = v,
+            "beta2" => a.betas.1 = v,
+            "eps" => a.eps = v,
+            "weight_decay" => a.weight_decay = v,
+            _ => unreachable!(),
+        }
+        assert_eq!(a.state(&store), s);
+        checkpoint::to_bytes(&store, Some(&a), 1, &BTreeMap::new()).unwrap()
+    };
+    for (name, v, needle) in [
+        ("lr", -1.0, "lr = -1 is not finite and ≥ 0"),
+        ("beta1", 1.5, "beta1 = 1.5 is not in [0, 1)"),
+        ("beta2", 2.0, "beta2 = 2 is not in [0, 1)"),
+        ("beta1", -0.1, "beta1 = -0.1 is not in [0, 1)"),
+        ("eps", -1.0, "eps = -1 is not finite and ≥ 0"),
+        ("weight_decay", -0.5, "weight_decay = -0.5"),
+    ] {
+        assert_load_fails(
+            &with(name, v),
+            true,
+            ErrorKind::Format,
+            &["adam state", needle],
+        );
+        // The constructor's check is the same one.
+        let mut a = Adam::<f32>::new(0.1);
+        match name {
+            "lr" => a.lr = v,
+            "beta1" => a.betas.0 = v,
+            "beta2" => a.betas.1 = v,
+            "eps" => a.eps = v,
+            _ => a.weight_decay = v,
+        }
+        assert!(a.validate().unwrap_err().message().contains(needle));
+    }
+    assert!(Adam::<f32>::try_new(-1.0).is_err());
+    assert!(std::panic::catch_unwind(|| Adam::<f32>::adamw(0.1, -0.01)).is_err());
+
+    // The other optimizers, through raw files.
+    let params = [
+        ("decoder.weight", Dtype::F32, vec![3, 2], f32_bytes(6)),
+        ("decoder.bias", Dtype::F32, vec![3], f32_bytes(3)),
+    ];
+    // (optimizer kind, its scalars in the file, what the error must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case<'_>; 3] = [
+        (
+            "sgd",
+            vec![
+                ("lr", "0.1"),
+                ("momentum", "0"),
+                ("nesterov", "1"),
+                ("weight_decay", "0"),
+            ],
+            "Nesterov momentum needs momentum > 0",
+        ),
+        (
+            "adagrad",
+            vec![
+                ("lr", "0.1"),
+                ("lr_decay", "-1"),
+                ("weight_decay", "0"),
+                ("initial_accumulator_value", "0"),
+                ("eps", "1e-10"),
+                ("step", "1"),
+            ],
+            "lr_decay = -1",
+        ),
+        (
+            "rmsprop",
+            vec![
+                ("lr", "0.01"),
+                ("alpha", "-0.99"),
+                ("eps", "1e-8"),
+                ("weight_decay", "0"),
+                ("momentum", "0"),
+                ("centered", "0"),
+            ],
+            "alpha = -0.99",
+        ),
+    ];
+    for (kind, scalars, needle) in cases {
+        let keys: Vec<String> = scalars
+            .iter()
+            .map(|(k, _)| format!("tapegrad.optim.{k}"))
+            .collect();
+        let mut meta: Vec<(&str, &str)> = vec![("tapegrad.optimizer", kind)];
+        meta.extend(
+            keys.iter()
+                .zip(&scalars)
+                .map(|(k, (_, v))| (k.as_str(), *v)),
+        );
+        let bytes = raw_file(&params, &meta);
+        let mut s = target().0;
+        let before = snapshot(&s, bits32);
+        let mut opt: Box<dyn Optimizer<f32>> = match kind {
+            "sgd" => Box::new(Sgd::new(0.5).momentum(0.9)),
+            "adagrad" => Box::new(tapegrad::optim::Adagrad::new(0.5)),
+            _ => Box::new(tapegrad::optim::RmsProp::new(0.5)),
+        };
+        let opt_before = opt.state(&s);
+        let e = checkpoint::from_bytes(&bytes, &mut s, Some(opt.as_mut())).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Format, "{e}");
+        assert!(
+            e.to_string().contains(needle),
+            "{kind}: `{e}` lacks `{needle}`"
+        );
+        assert_eq!((snapshot(&s, bits32), opt.state(&s)), (before, opt_before));
+    }
+}
+
+/// Adam's step counter is kept in 64 bits: a state at step 3·10⁹ (past
+/// `i32::MAX`) loads, saves and loads again as 3·10⁹, and the next update
+/// is fully bias-corrected (β^t ≈ 0), moving a weight by lr·ĝ/(√v̂ + ε) as
+/// a plain Adam step with m = v = 0 before it would: here
+/// 0.1·(0.1·g)/(√(0.001·g²) + ε) ≈ 0.1·3.162. Before the fix the counter
+/// was narrowed with `as i32` (3·10⁹ wraps to −1294967296) and the weight
+/// barely moved. A counter beyond 2⁵³ (not exact in the file's f64) is
+/// refused.
+#[test]
+fn adam_step_counter_stays_64_bit() {
+    let mut store = ParamStore::<f64>::new();
+    let w = store.insert("w", Tensor::scalar(1.0));
+    let mut opt = Adam::new(0.1);
+    let g = Tape::new().param(&store, w).backward(); // g = 1
+    opt.step(&mut store, &g);
+    let mut state = opt.state(&store);
+    for (n, x) in &mut state.scalars {
+        if n == "step" {
+            *x = 3e9;
+        }
+    }
+    // m = v = 0 at step 3·10⁹
+    for (_, t) in &mut state.tensors {
+        *t = Tensor::zeros(&[]);
+    }
+    let mut big = Adam::new(0.5);
+    big.load_state(&store, &state).unwrap();
+    assert_eq!(big.steps(), 3_000_000_000);
+    let bytes = checkpoint::to_bytes(&store, Some(&big), 7, &BTreeMap::new()).unwrap();
+    let mut again = Adam::new(0.5);
+    let mut s2 = store.clone();
+    checkpoint::from_bytes(&bytes, &mut s2, Some(&mut again)).unwrap();
+    assert_eq!(again.steps(), 3_000_000_000);
+
+    let before = s2.get(w).item();
+    let g = Tape::new().param(&s2, w).backward();
+    again.step(&mut s2, &g);
+    assert_eq!(again.steps(), 3_000_000_001);
+    let moved = before - s2.get(w).item();
+    let expected = 0.1 * 0.1 / (0.001f64.sqrt() + 1e-8);
+    assert!(
+        (moved - expected).abs() < 1e-12,
+        "moved {moved}, a bias-corrected step moves {expected}"
+    );
+
+    // Past 2⁵³ the file's f64 cannot hold the counter exactly: refused.
+    let mut huge = state.clone();
+    for (n, x) in &mut huge.scalars {
+        if n == "step" {
+            *x = 2f64.powi(60);
+        }
+    }
+    let e = Adam::<f64>::new(0.1).load_state(&store, &huge).unwrap_err();
+    assert!(e.message().contains("counter `step`"), "{e}");
+}

@@ -713,7 +713,7 @@ fn the_readme_starts_with_two_commands_and_explains_using_the_crate() {
     assert!(lines
         .next()
         .unwrap()
-        .starts_with("cargo test --all-features"));
+        .starts_with("cargo test --features ndarray"));
     assert_eq!(lines.next(), Some("```"));
     assert_mentions(
         readme,

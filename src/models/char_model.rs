@@ -386,20 +386,53 @@ impl<F: Real> CharModel<F> {
             dp.workers(),
             batch.batch
         );
+        self.train_shards(
+            dp,
+            optimizer,
+            batch,
+            &ranges,
+            0,
+            state,
+            clip_norm,
+            dropout_seed,
+            |_, _| {},
+        )
+    }
+
+    /// The step of [`CharModel::train_step_parallel`] on the streams
+    /// `ranges` (consecutive, one per worker of `dp`) of `batch`, whose rows
+    /// `state` holds: shard `k` runs on worker `k` with dropout seed index
+    /// `first_shard + k` and its mean loss weighted by its share of the
+    /// **whole** batch; `reduce` then sees the summed gradients and loss
+    /// (to add other processes' shards in) before the clipped update.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn train_shards(
+        &mut self,
+        dp: &mut DataParallel<F>,
+        optimizer: &mut dyn Optimizer<F>,
+        batch: &Batch,
+        ranges: &[Range<usize>],
+        first_shard: u64,
+        state: &mut StateTensors<F>,
+        clip_norm: Option<f64>,
+        dropout_seed: u64,
+        reduce: impl FnOnce(&mut Grads<F>, &mut f64),
+    ) -> Result<StepStats> {
+        let rows0 = ranges.first().map_or(0, |r| r.start);
         let shards: Vec<(Vec<usize>, Vec<usize>, StateTensors<F>)> = ranges
             .iter()
             .map(|r| {
                 (
                     shard_targets(&batch.inputs, batch.batch, r.clone()),
                     shard_targets(&batch.targets, batch.batch, r.clone()),
-                    state_rows(state, r),
+                    state_rows(state, &(r.start - rows0..r.end - rows0)),
                 )
             })
             .collect();
         let this = &*self;
         let (outs, mut grads) = dp.step(|k, tape| {
             let (inputs, targets, st) = &shards[k];
-            let seed = derive_seed(dropout_seed, k as u64);
+            let seed = derive_seed(dropout_seed, first_shard + k as u64);
             let (logits, last) = this.forward(tape, inputs, ranges[k].len(), st, Some(seed));
             let loss = logits
                 .cross_entropy(targets, Reduction::Mean)
@@ -408,10 +441,11 @@ impl<F: Real> CharModel<F> {
             let value = loss.item().to_f64_lossy();
             ((value, last.to_tensors()), loss.backward())
         });
+        let mut loss = outs.iter().map(|(l, _)| l).sum();
+        reduce(&mut grads, &mut loss);
         let updated = self.update(optimizer, &mut grads, clip_norm);
         dp.reset_with(grads);
         let grad_norm = updated?;
-        let loss = outs.iter().map(|(l, _)| l).sum();
         let parts: Vec<StateTensors<F>> = outs.into_iter().map(|(_, s)| s).collect();
         *state = stack_state_rows(&parts);
         Ok(StepStats { loss, grad_norm })

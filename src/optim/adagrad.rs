@@ -1,7 +1,7 @@
 //! Adagrad, as `torch.optim.Adagrad` (and min-char-rnn's update).
 
-use super::{export_buffer, Optimizer, OptimizerState, StateReader};
-use crate::error::Result;
+use super::{check_hyper, export_buffer, refuse_hyper, Optimizer, OptimizerState, StateReader};
+use crate::error::{or_panic, Result};
 use crate::{Grads, ParamKey, ParamStore, Real, Tensor};
 use std::collections::HashMap;
 
@@ -49,8 +49,25 @@ pub struct Adagrad<F: Real> {
 
 impl<F: Real> Adagrad<F> {
     /// Adagrad with PyTorch's defaults: no decay, s₀ = 0, ε = 1e-10.
+    ///
+    /// # Panics
+    /// If `lr` is negative or not finite; see [`Adagrad::try_new`].
+    #[track_caller]
     pub fn new(lr: f64) -> Self {
-        Adagrad {
+        or_panic(Self::try_new(lr))
+    }
+
+    /// [`Adagrad::new`], returning the error of [`Adagrad::validate`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// naming `lr` if it is negative or not finite.
+    ///
+    /// ```
+    /// assert!(tapegrad::optim::Adagrad::<f32>::try_new(-0.1).is_err());
+    /// ```
+    pub fn try_new(lr: f64) -> Result<Self> {
+        let opt = Adagrad {
             lr,
             lr_decay: 0.0,
             weight_decay: 0.0,
@@ -58,7 +75,32 @@ impl<F: Real> Adagrad<F> {
             eps: 1e-10,
             step: 0,
             sum: HashMap::new(),
-        }
+        };
+        opt.validate()?;
+        Ok(opt)
+    }
+
+    /// Checks the hyper-parameters as `torch.optim.Adagrad` does: lr, lr
+    /// decay, weight decay, s₀ and ε finite and ≥ 0. The constructors run
+    /// it, and so does [`Optimizer::load_state`] on a file's values.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// naming the first value out of range.
+    ///
+    /// ```
+    /// let mut opt = tapegrad::optim::Adagrad::<f64>::new(0.1);
+    /// opt.eps = -1.0;
+    /// assert!(opt.validate().unwrap_err().message().contains("eps = -1"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        hyper(
+            self.lr,
+            self.lr_decay,
+            self.weight_decay,
+            self.initial_accumulator_value,
+            self.eps,
+        )
     }
 
     /// The number of steps taken.
@@ -136,6 +178,7 @@ impl<F: Real> Optimizer<F> for Adagrad<F> {
             r.scalar("eps")?,
             r.counter("step")?,
         );
+        refuse_hyper("adagrad", hyper(lr, lr_decay, wd, s0, eps))?;
         self.sum = r.buffer("sum");
         (
             self.lr,
@@ -147,4 +190,18 @@ impl<F: Real> Optimizer<F> for Adagrad<F> {
         ) = (lr, lr_decay, wd, s0, eps, step);
         Ok(())
     }
+}
+
+/// [`Adagrad::validate`] on loose values.
+fn hyper(lr: f64, lr_decay: f64, weight_decay: f64, s0: f64, eps: f64) -> Result<()> {
+    check_hyper(
+        "Adagrad",
+        &[
+            ("lr", lr, None),
+            ("lr_decay", lr_decay, None),
+            ("weight_decay", weight_decay, None),
+            ("initial_accumulator_value", s0, None),
+            ("eps", eps, None),
+        ],
+    )
 }

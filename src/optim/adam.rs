@@ -1,7 +1,8 @@
 //! Adam and AdamW (decoupled weight decay), as `torch.optim.Adam`/`AdamW`.
 
-use super::{export_buffer, state_for, Optimizer, OptimizerState, StateReader};
-use crate::error::Result;
+use super::{check_hyper, export_buffer, refuse_hyper, state_for};
+use super::{Optimizer, OptimizerState, StateReader};
+use crate::error::{or_panic, Result};
 use crate::{Grads, ParamKey, ParamStore, Real, Tensor};
 use std::collections::HashMap;
 
@@ -47,8 +48,27 @@ pub struct Adam<F: Real> {
 
 impl<F: Real> Adam<F> {
     /// Adam with PyTorch's defaults: β = (0.9, 0.999), ε = 1e-8, no decay.
+    ///
+    /// # Panics
+    /// If `lr` is negative or not finite; see [`Adam::try_new`].
+    #[track_caller]
     pub fn new(lr: f64) -> Self {
-        Adam {
+        or_panic(Self::try_new(lr))
+    }
+
+    /// [`Adam::new`], returning the error of [`Adam::validate`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// naming `lr` if it is negative or not finite.
+    ///
+    /// ```
+    /// use tapegrad::optim::Adam;
+    /// let e = Adam::<f32>::try_new(-1.0).unwrap_err();
+    /// assert!(e.to_string().contains("lr = -1 is not finite and ≥ 0"));
+    /// ```
+    pub fn try_new(lr: f64) -> Result<Self> {
+        let adam = Adam {
             lr,
             betas: (0.9, 0.999),
             eps: 1e-8,
@@ -57,16 +77,56 @@ impl<F: Real> Adam<F> {
             step: 0,
             m: HashMap::new(),
             v: HashMap::new(),
-        }
+        };
+        adam.validate()?;
+        Ok(adam)
     }
 
     /// AdamW with decoupled weight decay λ (PyTorch's default λ is 0.01).
+    ///
+    /// # Panics
+    /// If `lr` or `weight_decay` is negative or not finite.
+    #[track_caller]
     pub fn adamw(lr: f64, weight_decay: f64) -> Self {
-        Adam {
+        let adam = Adam {
             weight_decay,
             decoupled_weight_decay: true,
             ..Self::new(lr)
-        }
+        };
+        or_panic(adam.validate());
+        adam
+    }
+
+    /// Checks the hyper-parameters as `torch.optim.Adam` does: lr, ε and
+    /// the weight decay finite and ≥ 0, each β in [0, 1). The constructors
+    /// run it, and so does [`Optimizer::load_state`] on a file's values.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// naming the first value out of range.
+    ///
+    /// ```
+    /// use tapegrad::optim::Adam;
+    /// let mut opt = Adam::<f64>::new(0.01);
+    /// assert!(opt.validate().is_ok());
+    /// opt.betas = (1.5, 0.999);
+    /// assert!(opt.validate().unwrap_err().message().contains("beta1 = 1.5 is not in [0, 1)"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        check_hyper(
+            if self.decoupled_weight_decay {
+                "AdamW"
+            } else {
+                "Adam"
+            },
+            &[
+                ("lr", self.lr, None),
+                ("beta1", self.betas.0, Some(1.0)),
+                ("beta2", self.betas.1, Some(1.0)),
+                ("eps", self.eps, None),
+                ("weight_decay", self.weight_decay, None),
+            ],
+        )
     }
 
     /// The number of steps taken.
@@ -79,9 +139,8 @@ impl<F: Real> Optimizer<F> for Adam<F> {
     fn step(&mut self, store: &mut ParamStore<F>, grads: &Grads<F>) {
         self.step += 1;
         let (b1, b2) = self.betas;
-        let t = self.step as i32;
-        let c1 = F::of(1.0 - b1.powi(t));
-        let c2 = F::of(1.0 - b2.powi(t));
+        let c1 = F::of(1.0 - power(b1, self.step));
+        let c2 = F::of(1.0 - power(b2, self.step));
         let (b1, b2) = (F::of(b1), F::of(b2));
         let (lr, eps, wd) = (F::of(self.lr), F::of(self.eps), F::of(self.weight_decay));
         let one = F::one();
@@ -159,11 +218,34 @@ impl<F: Real> Optimizer<F> for Adam<F> {
             r.scalar("weight_decay")?,
             r.counter("step")?,
         );
+        let candidate = Adam::<F> {
+            lr,
+            betas: (b1, b2),
+            eps,
+            weight_decay: wd,
+            decoupled_weight_decay: self.decoupled_weight_decay,
+            step,
+            m: HashMap::new(),
+            v: HashMap::new(),
+        };
+        refuse_hyper(self.kind(), candidate.validate())?;
         let (m, v) = (r.buffer("exp_avg"), r.buffer("exp_avg_sq"));
         r.same_params(("exp_avg", &m), ("exp_avg_sq", &v))?;
         (self.lr, self.betas, self.eps, self.weight_decay, self.step) =
             (lr, (b1, b2), eps, wd, step);
         (self.m, self.v) = (m, v);
         Ok(())
+    }
+}
+
+/// `β^t` for a step counter of any size: `powi` (exact repeated squaring,
+/// what every step up to 2³¹ − 1 has always used) while `t` fits in an
+/// `i32`, `powf` beyond — a counter is never narrowed, so a resumed run at
+/// step 3·10⁹ gets β^t ≈ 0 (full bias correction), not β to a wrapped
+/// negative power.
+fn power(beta: f64, t: u64) -> f64 {
+    match i32::try_from(t) {
+        Ok(t) => beta.powi(t),
+        Err(_) => beta.powf(t as f64),
     }
 }

@@ -306,6 +306,41 @@ impl<'a, F: Real> StateReader<'a, F> {
     }
 }
 
+/// Checks hyper-parameters against the ranges PyTorch's optimizer
+/// constructors accept: each `(name, value, upper)` must be finite and
+/// `0 ≤ value`, and `value < upper` when an upper bound is given. The same
+/// check runs in the constructors (which panic, or return the error from
+/// their `try_` forms) and on state read from a file
+/// ([`Optimizer::load_state`], which refuses it).
+pub(crate) fn check_hyper(op: &str, checks: &[(&str, f64, Option<f64>)]) -> Result<()> {
+    for &(name, v, upper) in checks {
+        let ok = v.is_finite() && v >= 0.0 && upper.is_none_or(|hi| v < hi);
+        if !ok {
+            let range = match upper {
+                Some(hi) => format!("in [0, {hi})"),
+                None => "finite and ≥ 0".to_string(),
+            };
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                op,
+                format!("{name} = {v} is not {range}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The error of a state whose hyper-parameters fail `check`: a
+/// [`ErrorKind::Format`] error of `load_state` naming the optimizer.
+pub(crate) fn refuse_hyper(kind: &str, check: Result<()>) -> Result<()> {
+    check.map_err(|e| {
+        format_error(format!(
+            "{kind} state: hyper-parameter {} (the constructor refuses it too)",
+            e.message()
+        ))
+    })
+}
+
 /// 1.0 or 0.0, for flags stored as scalars.
 pub(crate) fn flag(b: bool) -> f64 {
     if b {

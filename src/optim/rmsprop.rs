@@ -1,7 +1,8 @@
 //! RMSprop, as `torch.optim.RMSprop`.
 
-use super::{export_buffer, flag, state_for, Optimizer, OptimizerState, StateReader};
-use crate::error::Result;
+use super::{check_hyper, export_buffer, flag, refuse_hyper, state_for};
+use super::{Optimizer, OptimizerState, StateReader};
+use crate::error::{or_panic, Result};
 use crate::{Grads, ParamKey, ParamStore, Real, Tensor};
 use std::collections::HashMap;
 
@@ -49,8 +50,25 @@ pub struct RmsProp<F: Real> {
 impl<F: Real> RmsProp<F> {
     /// RMSprop with PyTorch's defaults: α = 0.99, ε = 1e-8, no decay, no
     /// momentum, not centered (PyTorch's default η is 0.01).
+    ///
+    /// # Panics
+    /// If `lr` is negative or not finite; see [`RmsProp::try_new`].
+    #[track_caller]
     pub fn new(lr: f64) -> Self {
-        RmsProp {
+        or_panic(Self::try_new(lr))
+    }
+
+    /// [`RmsProp::new`], returning the error of [`RmsProp::validate`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// naming `lr` if it is negative or not finite.
+    ///
+    /// ```
+    /// assert!(tapegrad::optim::RmsProp::<f32>::try_new(f64::INFINITY).is_err());
+    /// ```
+    pub fn try_new(lr: f64) -> Result<Self> {
+        let opt = RmsProp {
             lr,
             alpha: 0.99,
             eps: 1e-8,
@@ -60,12 +78,42 @@ impl<F: Real> RmsProp<F> {
             square_avg: HashMap::new(),
             momentum_buffer: HashMap::new(),
             grad_avg: HashMap::new(),
-        }
+        };
+        opt.validate()?;
+        Ok(opt)
+    }
+
+    /// Checks the hyper-parameters as `torch.optim.RMSprop` does: lr, α, ε,
+    /// weight decay and momentum finite and ≥ 0. The constructors run it,
+    /// and so does [`Optimizer::load_state`] on a file's values.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// naming the first value out of range.
+    ///
+    /// ```
+    /// let mut opt = tapegrad::optim::RmsProp::<f64>::new(0.01);
+    /// opt.alpha = -0.5;
+    /// assert!(opt.validate().unwrap_err().message().contains("alpha = -0.5"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        hyper(
+            self.lr,
+            self.alpha,
+            self.eps,
+            self.weight_decay,
+            self.momentum,
+        )
     }
 
     /// With momentum μ.
+    ///
+    /// # Panics
+    /// If μ is negative or not finite.
+    #[track_caller]
     pub fn momentum(mut self, mu: f64) -> Self {
         self.momentum = mu;
+        or_panic(self.validate());
         self
     }
 
@@ -76,8 +124,13 @@ impl<F: Real> RmsProp<F> {
     }
 
     /// With weight decay λ.
+    ///
+    /// # Panics
+    /// If λ is negative or not finite.
+    #[track_caller]
     pub fn weight_decay(mut self, lambda: f64) -> Self {
         self.weight_decay = lambda;
+        or_panic(self.validate());
         self
     }
 }
@@ -177,6 +230,7 @@ impl<F: Real> Optimizer<F> for RmsProp<F> {
             r.scalar("momentum")?,
             r.flag("centered")?,
         );
+        refuse_hyper("rmsprop", hyper(lr, alpha, eps, wd, mu))?;
         let (v, b, ga) = (
             r.buffer("square_avg"),
             r.buffer("momentum_buffer"),
@@ -196,4 +250,18 @@ impl<F: Real> Optimizer<F> for RmsProp<F> {
         (self.square_avg, self.momentum_buffer, self.grad_avg) = (v, b, ga);
         Ok(())
     }
+}
+
+/// [`RmsProp::validate`] on loose values.
+fn hyper(lr: f64, alpha: f64, eps: f64, weight_decay: f64, momentum: f64) -> Result<()> {
+    check_hyper(
+        "RmsProp",
+        &[
+            ("lr", lr, None),
+            ("alpha", alpha, None),
+            ("eps", eps, None),
+            ("weight_decay", weight_decay, None),
+            ("momentum", momentum, None),
+        ],
+    )
 }

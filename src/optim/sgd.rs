@@ -1,8 +1,9 @@
 //! Stochastic gradient descent with momentum, Nesterov momentum and
 //! (coupled) weight decay, as `torch.optim.SGD` defines them.
 
-use super::{export_buffer, flag, state_for, Optimizer, OptimizerState, StateReader};
-use crate::error::Result;
+use super::{check_hyper, export_buffer, flag, refuse_hyper, state_for};
+use super::{Optimizer, OptimizerState, StateReader};
+use crate::error::{or_panic, Error, ErrorKind, Result};
 use crate::{Grads, ParamKey, ParamStore, Real, Tensor};
 use std::collections::HashMap;
 
@@ -41,33 +42,84 @@ pub struct Sgd<F: Real> {
 
 impl<F: Real> Sgd<F> {
     /// Plain SGD with learning rate `lr`.
+    ///
+    /// # Panics
+    /// If `lr` is negative or not finite; see [`Sgd::try_new`].
+    #[track_caller]
     pub fn new(lr: f64) -> Self {
-        Sgd {
+        or_panic(Self::try_new(lr))
+    }
+
+    /// [`Sgd::new`], returning the error of [`Sgd::validate`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming `lr` if it is negative or not
+    /// finite.
+    ///
+    /// ```
+    /// assert!(tapegrad::optim::Sgd::<f32>::try_new(f64::NAN).is_err());
+    /// ```
+    pub fn try_new(lr: f64) -> Result<Self> {
+        let sgd = Sgd {
             lr,
             momentum: 0.0,
             nesterov: false,
             weight_decay: 0.0,
             velocity: HashMap::new(),
-        }
+        };
+        sgd.validate()?;
+        Ok(sgd)
     }
 
     /// With momentum μ.
+    ///
+    /// # Panics
+    /// If μ is negative or not finite.
+    #[track_caller]
     pub fn momentum(mut self, mu: f64) -> Self {
         self.momentum = mu;
+        or_panic(self.validate());
         self
     }
 
     /// With Nesterov momentum μ.
+    ///
+    /// # Panics
+    /// If μ is not finite and > 0 (Nesterov needs a momentum).
+    #[track_caller]
     pub fn nesterov(mut self, mu: f64) -> Self {
         self.momentum = mu;
         self.nesterov = true;
+        or_panic(self.validate());
         self
     }
 
     /// With weight decay λ.
+    ///
+    /// # Panics
+    /// If λ is negative or not finite.
+    #[track_caller]
     pub fn weight_decay(mut self, lambda: f64) -> Self {
         self.weight_decay = lambda;
+        or_panic(self.validate());
         self
+    }
+
+    /// Checks the hyper-parameters as `torch.optim.SGD` does: lr, momentum
+    /// and weight decay finite and ≥ 0, and Nesterov only with a positive
+    /// momentum. The constructors run it, and so does
+    /// [`Optimizer::load_state`] on a file's values.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming the first value out of range.
+    ///
+    /// ```
+    /// let mut opt = tapegrad::optim::Sgd::<f64>::new(0.1);
+    /// opt.nesterov = true; // without a momentum
+    /// assert!(opt.validate().unwrap_err().message().contains("Nesterov"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        hyper(self.lr, self.momentum, self.nesterov, self.weight_decay)
     }
 }
 
@@ -145,9 +197,30 @@ impl<F: Real> Optimizer<F> for Sgd<F> {
             r.flag("nesterov")?,
             r.scalar("weight_decay")?,
         );
+        refuse_hyper("sgd", hyper(lr, momentum, nesterov, weight_decay))?;
         self.velocity = r.buffer("momentum_buffer");
         (self.lr, self.momentum, self.nesterov, self.weight_decay) =
             (lr, momentum, nesterov, weight_decay);
         Ok(())
     }
+}
+
+/// [`Sgd::validate`] on loose values.
+fn hyper(lr: f64, momentum: f64, nesterov: bool, weight_decay: f64) -> Result<()> {
+    check_hyper(
+        "Sgd",
+        &[
+            ("lr", lr, None),
+            ("momentum", momentum, None),
+            ("weight_decay", weight_decay, None),
+        ],
+    )?;
+    if nesterov && momentum <= 0.0 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "Sgd",
+            format!("Nesterov momentum needs momentum > 0, not {momentum}"),
+        ));
+    }
+    Ok(())
 }
