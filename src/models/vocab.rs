@@ -137,10 +137,11 @@ impl Vocab {
         ids.iter()
             .map(|&i| {
                 self.char(i).unwrap_or_else(|| {
-                    panic!(
-                        "tapegrad: Vocab::decode: id {i} out of range for {} characters",
-                        self.len()
-                    )
+                    crate::error::fail(Error::new(
+                        ErrorKind::InvalidArgument,
+                        "Vocab::decode",
+                        format!("id {i} out of range for {} characters", self.len()),
+                    ))
                 })
             })
             .collect()
