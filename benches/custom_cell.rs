@@ -8,7 +8,7 @@
 //!   the public `Cell` interface, run by `Recurrent`;
 //! - `custom_cell/naive/{S,M,L}`: the same LSTM from per-step primitives as
 //!   the crate docs first teach (`x_t.matmul_t(w_ih) + b_ih +
-//!   h.matmul_t(w_hh) + b_hh`, `split`, `sigmoid`/`tanh`, `concat`), no
+//!   h.matmul_t(w_hh) + b_hh`, `chunk`, `sigmoid`/`tanh`, `concat`), no
 //!   engine at all.
 //!
 //! One thread (`cargo bench --bench custom_cell`).
@@ -73,7 +73,7 @@ impl Model {
                 for t in 0..c.t {
                     let x_t = x.slice(0, t, 1).reshape(&[c.b, c.i]);
                     let z = x_t.matmul_t(w_ih) + b_ih + h.matmul_t(w_hh) + b_hh;
-                    let g = z.split(1, 4);
+                    let g = z.chunk(4, 1);
                     cs = g[1].sigmoid() * cs + g[0].sigmoid() * g[2].tanh();
                     h = g[3].sigmoid() * cs.tanh();
                     hs.push(h);

@@ -38,8 +38,8 @@ impl Cell for GruCell {
             let _s = tape.scope("gates");
             s.recurrent(h)
         };
-        let x = s.input().split(1, 3);
-        let hh = hw.split(1, 3);
+        let x = s.input().chunk(3, 1);
+        let hh = hw.chunk(3, 1);
         let gate = |pre: Var<'t, F>, name: &'static str| {
             let _s = tape.scope(name);
             pre.sigmoid()
