@@ -233,11 +233,11 @@ impl CellSpec {
 }
 
 impl Init {
-    /// A tensor of `shape` initialised this way (uniform bound `bound`,
+    /// A tensor of `shape` initialised this way (uniform over ±1/√`hidden`,
     /// seeded by `seed`).
-    pub(crate) fn tensor<F: Real>(self, shape: &[usize], bound: f64, seed: u64) -> Tensor<F> {
+    pub(crate) fn tensor<F: Real>(self, shape: &[usize], hidden: usize, seed: u64) -> Tensor<F> {
         match self {
-            Init::Uniform => Tensor::uniform(shape, -bound, bound, seed).expect("finite bounds"),
+            Init::Uniform => crate::init::uniform_fan(shape, hidden, seed),
             Init::Zeros => Tensor::zeros(shape),
             Init::Ones => Tensor::ones(shape),
             Init::Constant(v) => Tensor::full(shape, F::of(v)),

@@ -1,7 +1,7 @@
 //! `Linear`: `y = x·Wᵀ + b` with W stored [out×in] as in PyTorch.
 
-use super::{derive_seed, init_bound};
-use crate::{ParamKey, ParamStore, Real, Tape, Tensor, Var};
+use super::derive_seed;
+use crate::{ParamKey, ParamStore, Real, Tape, Var};
 
 /// A fully connected layer, `y = x·Wᵀ + b` (the seed's readout
 /// `o(t) = V h(t) + c`, with V = `weight`, c = `bias`).
@@ -42,10 +42,8 @@ impl Linear {
         bias: bool,
         seed: u64,
     ) -> Self {
-        let k = init_bound(in_features);
-        let uniform = |shape: &[usize], i| {
-            Tensor::uniform(shape, -k, k, derive_seed(seed, i)).expect("finite bounds")
-        };
+        let uniform =
+            |shape: &[usize], i| crate::init::uniform_fan(shape, in_features, derive_seed(seed, i));
         let weight = store.insert(
             format!("{name}.weight"),
             uniform(&[out_features, in_features], 0),

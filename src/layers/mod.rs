@@ -38,12 +38,6 @@ pub use recurrent::{Recurrent, RecurrentConfig, RunOptions, SeqOutput};
 pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};
 
-/// The uniform bound PyTorch uses for recurrent and linear layers: 1/√fan
-/// (the public [`crate::init::uniform_bound`]).
-pub(crate) fn init_bound(fan: usize) -> f64 {
-    crate::init::uniform_bound(fan)
-}
-
 /// A seed for parameter `index` of a layer seeded with `seed` (shared with
 /// the reference).
 pub(crate) use crate::tensor::derive_seed;

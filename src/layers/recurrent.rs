@@ -21,8 +21,8 @@
 //! change neither the final state nor any gradient.
 
 use super::cell::{Cell, CellSpec, Projected, Step, StepPosition, Weight};
+use super::derive_seed;
 use super::state::State;
-use super::{derive_seed, init_bound};
 use crate::error::{fail, Error, ErrorKind};
 use crate::tensor::gemm::REORDER_MIN_ROWS;
 use crate::{Nonlinearity, ParamKey, ParamStore, Real, Tape, Var};
@@ -360,31 +360,34 @@ impl<C: Cell> Recurrent<C> {
         let first = cell.spec(cfg.input_size, h);
         check_spec(&op, &first, h);
         let (g, gh, out) = (first.input_gates, first.recurrent_gates, first.output_size);
+        // Layer l reads the input, or the previous layer's directions side by side.
+        let in_size = |l: usize| {
+            if l == 0 {
+                cfg.input_size
+            } else {
+                cfg.directions() * out
+            }
+        };
         let specs: Vec<CellSpec> = (0..cfg.num_layers)
             .map(|l| {
                 if l == 0 {
                     return first.clone();
                 }
-                let spec = cell.spec(cfg.directions() * out, h);
+                let spec = cell.spec(in_size(l), h);
                 check_spec(&op, &spec, h);
                 check_same_but_shapes(&op, &first, &spec);
                 spec
             })
             .collect();
-        let k = init_bound(h);
         let mut counter = 0u64;
         let mut params = Vec::new();
         for (l, spec) in specs.iter().enumerate() {
-            let in_size = if l == 0 {
-                cfg.input_size
-            } else {
-                cfg.directions() * out
-            };
+            let in_size = in_size(l);
             for d in 0..cfg.directions() {
                 let sfx = if d == 1 { "_reverse" } else { "" };
                 let mut add = |p: &str, shape: &[usize], init: super::Init| {
                     counter += 1;
-                    let t = init.tensor(shape, k, derive_seed(seed, counter));
+                    let t = init.tensor(shape, h, derive_seed(seed, counter));
                     store.insert(qualified(name, &format!("{p}_l{l}{sfx}")), t)
                 };
                 let uniform = super::Init::Uniform;
@@ -564,6 +567,12 @@ impl<C: Cell> Recurrent<C> {
             batch >= REORDER_MIN_ROWS,
         );
         let zeros = masks.map(|_| tape.zeros(&[batch, self.spec().output_size]));
+        // A cell that reads x(t) itself gets rows of the input seen as
+        // [T·B × I] (one reshape per direction, then one slice per step).
+        let rows = bound
+            .w_ih
+            .is_none()
+            .then(|| input.reshape(&[steps * batch, shape[2]]));
         let mut chunks = ProjectionChunks {
             bound: &bound,
             input,
@@ -581,9 +590,7 @@ impl<C: Cell> Recurrent<C> {
         for t in order {
             let xw = chunks.rows(tape, t);
             let _t = tape.scope_at("t", t);
-            let x_t = xw
-                .is_none()
-                .then(|| input.slice(0, t, 1).reshape(&[batch, shape[2]]));
+            let x_t = rows.map(|r| r.slice(0, t * batch, batch));
             let at = StepPosition {
                 layer: l,
                 reverse: d == 1,
@@ -610,6 +617,9 @@ impl<C: Cell> Recurrent<C> {
             }
         }
         chunks.finish();
+        if let Some(r) = rows {
+            r.release();
+        }
         let outs = outs
             .into_iter()
             .map(|o| o.expect("every step ran"))
