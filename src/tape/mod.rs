@@ -78,6 +78,18 @@ impl<F: Real> Node<F> {
             || self.value.buffer_len() == 0
             || matches!(self.op, Op::Param(_)))
     }
+
+    /// Gives the value's buffer back to `pool` if it is releasable; returns
+    /// the elements freed (0 if it was kept).
+    fn release_into(&mut self, pool: &mut Pool<F>) -> usize {
+        if !self.releasable() {
+            return 0;
+        }
+        let freed = self.value.buffer_len();
+        self.released = true;
+        pool.give(self.value.take_data());
+        freed
+    }
 }
 
 /// Everything behind the tape's `RefCell`.
@@ -543,13 +555,7 @@ impl<F: Real> Tape<F> {
     pub(crate) fn release_node(&self, id: NodeId) -> bool {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
-        let node = &mut inner.nodes[id as usize];
-        if !node.releasable() {
-            return false;
-        }
-        node.released = true;
-        inner.pool.give(node.value.take_data());
-        true
+        inner.nodes[id as usize].release_into(&mut inner.pool) > 0
     }
 
     /// Releases every value no recorded backward rule reads, except those
@@ -599,12 +605,7 @@ impl<F: Real> Tape<F> {
             if keep.iter().any(|v| v.is_on(self) && v.id() as usize == id) {
                 continue;
             }
-            let node = &mut inner.nodes[id];
-            if node.releasable() {
-                freed += node.value.buffer_len();
-                node.released = true;
-                inner.pool.give(node.value.take_data());
-            }
+            freed += inner.nodes[id].release_into(&mut inner.pool);
         }
         freed
     }
