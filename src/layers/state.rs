@@ -98,18 +98,8 @@ impl<'t, F: Real> State<'t, F> {
 
     /// The same values as constants on the same tape (gradient stops).
     pub fn detach(&self) -> Self {
-        State {
-            h: self.h.iter().map(|v| v.detach()).collect(),
-            c: self
-                .c
-                .as_ref()
-                .map(|c| c.iter().map(|v| v.detach()).collect()),
-            extra: self
-                .extra
-                .iter()
-                .map(|s| s.iter().map(|v| v.detach()).collect())
-                .collect(),
-        }
+        let (h, c, extra) = map_parts(&self.h, self.c.as_deref(), &self.extra, |v| v.detach());
+        State { h, c, extra }
     }
 
     /// Copies the values out, to carry into the next tape.
@@ -124,18 +114,8 @@ impl<'t, F: Real> State<'t, F> {
     /// assert!(!s.h[0].requires_grad());
     /// ```
     pub fn to_tensors(&self) -> StateTensors<F> {
-        StateTensors {
-            h: self.h.iter().map(|v| v.to_tensor()).collect(),
-            c: self
-                .c
-                .as_ref()
-                .map(|c| c.iter().map(|v| v.to_tensor()).collect()),
-            extra: self
-                .extra
-                .iter()
-                .map(|s| s.iter().map(|v| v.to_tensor()).collect())
-                .collect(),
-        }
+        let (h, c, extra) = map_parts(&self.h, self.c.as_deref(), &self.extra, |v| v.to_tensor());
+        StateTensors { h, c, extra }
     }
 
     /// The top layer's final hidden state (the forward direction's, for a
@@ -160,26 +140,31 @@ impl<F: Real> StateTensors<F> {
     /// Binds the values on `tape` as constants (no gradient flows into
     /// them): the detached state of truncated BPTT.
     pub fn bind<'t>(&self, tape: &'t Tape<F>) -> State<'t, F> {
-        let bind = |ts: &Vec<Tensor<F>>| {
-            ts.iter()
-                .map(|t| tape.constant_from_slice(t.data(), t.shape()))
-                .collect::<Vec<_>>()
-        };
-        State {
-            h: bind(&self.h),
-            c: self.c.as_ref().map(bind),
-            extra: self.extra.iter().map(bind).collect(),
-        }
+        let (h, c, extra) = map_parts(&self.h, self.c.as_deref(), &self.extra, |t| {
+            tape.constant_from_slice(t.data(), t.shape())
+        });
+        State { h, c, extra }
     }
 
     /// Binds the values on `tape` as leaves that require gradients, so
     /// ∂L/∂h(0) (and ∂L/∂c(0)) can be read from the gradients.
     pub fn bind_var<'t>(&self, tape: &'t Tape<F>) -> State<'t, F> {
-        let bind = |ts: &Vec<Tensor<F>>| ts.iter().map(|t| tape.var(t.clone())).collect::<Vec<_>>();
-        State {
-            h: bind(&self.h),
-            c: self.c.as_ref().map(bind),
-            extra: self.extra.iter().map(bind).collect(),
-        }
+        let (h, c, extra) = map_parts(&self.h, self.c.as_deref(), &self.extra, |t| {
+            tape.var(t.clone())
+        });
+        State { h, c, extra }
     }
+}
+
+/// A state's parts: h, the first further state (`c`), the rest (`extra`).
+type Parts<U> = (Vec<U>, Option<Vec<U>>, Vec<Vec<U>>);
+
+/// Applies `f` to every state tensor, keeping the layout of [`Parts`].
+fn map_parts<T, U>(h: &[T], c: Option<&[T]>, extra: &[Vec<T>], f: impl Fn(&T) -> U) -> Parts<U> {
+    let each = |list: &[T]| list.iter().map(&f).collect::<Vec<U>>();
+    (
+        each(h),
+        c.map(each),
+        extra.iter().map(|e| each(e)).collect(),
+    )
 }
