@@ -63,10 +63,13 @@ impl ThreadGroup {
     /// ```
     #[track_caller]
     pub fn new(size: usize) -> Vec<ThreadGroup> {
-        assert!(
-            size > 0,
-            "tapegrad: ThreadGroup::new: a group needs at least one rank"
-        );
+        if size == 0 {
+            crate::error::fail(crate::Error::new(
+                crate::ErrorKind::InvalidArgument,
+                "ThreadGroup::new",
+                "a group needs at least one rank",
+            ));
+        }
         let shared = Arc::new(Shared {
             barrier: Barrier::new(size),
             slots: Mutex::new(vec![Payload::Empty; size]),

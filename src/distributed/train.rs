@@ -3,7 +3,7 @@
 
 use super::{all_reduce_sum, pack_grads, rank_streams, unpack_grads, Collective};
 use super::{check_same_world, WorldDescription};
-use crate::error::Result;
+use crate::error::{fail, Error, ErrorKind, Result};
 use crate::layers::StateTensors;
 use crate::models::{Batch, CharModel, CharStreams, StepStats};
 use crate::optim::Optimizer;
@@ -74,20 +74,29 @@ impl<F: Real> CharModel<F> {
     ) -> Result<StepStats> {
         let (rank, size) = (comm.rank(), comm.size());
         let mine = rank_streams(batch.batch, rank, size);
-        assert!(
-            state.h.iter().all(|h| h.shape()[0] == mine.len()),
-            "tapegrad: CharModel::train_step_distributed: the state must hold rank {rank}'s {} streams ({mine:?} of {}), it holds {:?}",
-            mine.len(),
-            batch.batch,
-            state.h.iter().map(|h| h.shape()[0]).collect::<Vec<_>>()
-        );
+        let misuse = |msg: String| {
+            fail(Error::new(
+                ErrorKind::InvalidArgument,
+                "CharModel::train_step_distributed",
+                msg,
+            ))
+        };
+        if !state.h.iter().all(|h| h.shape()[0] == mine.len()) {
+            misuse(format!(
+                "the state must hold rank {rank}'s {} streams ({mine:?} of {}), it holds {:?}",
+                mine.len(),
+                batch.batch,
+                state.h.iter().map(|h| h.shape()[0]).collect::<Vec<_>>()
+            ));
+        }
         let local = shard_ranges(mine.len(), dp.workers());
-        assert!(
-            local.len() == dp.workers(),
-            "tapegrad: CharModel::train_step_distributed: {} workers for rank {rank}'s {} streams",
-            dp.workers(),
-            mine.len()
-        );
+        if local.len() != dp.workers() {
+            misuse(format!(
+                "{} workers for rank {rank}'s {} streams",
+                dp.workers(),
+                mine.len()
+            ));
+        }
         let global: Vec<Range<usize>> = local
             .iter()
             .map(|r| mine.start + r.start..mine.start + r.end)
