@@ -7,8 +7,9 @@
 //! shared with the test and the criterion bench
 //! (`cargo bench --bench gradbench_lstm`, the numbers the docs quote).
 //!
-//! Run: `cargo run --release --example gradbench_lstm [repeats]`
-//! (default 20 repeats per measurement, the minimum reported; one thread).
+//! Run: `cargo run --release --example gradbench_lstm [repeats] [size]`
+//! (default 20 repeats per measurement, the minimum reported; one thread;
+//! `size`, e.g. `l2_c1024`, runs that size alone — for profiling).
 
 #[path = "../tests/common/gradbench_lstm.rs"]
 mod gradbench_lstm;
@@ -36,6 +37,7 @@ fn main() {
         .map(|s| s.parse().expect("repeats: a positive integer"))
         .unwrap_or(20)
         .max(1);
+    let only = std::env::args().nth(2);
     tapegrad::set_num_threads(1);
     println!(
         "{:<9} {:>7} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>8} {:>8}",
@@ -51,6 +53,9 @@ fn main() {
         "ns/sweep"
     );
     for (l, c) in SIZES {
+        if only.as_ref().is_some_and(|s| *s != size_name(l, c)) {
+            continue;
+        }
         let inp = Input::generate(l, c, 1);
         let model = Model::new(&inp);
         let mut tape = Tape::<f64>::new();

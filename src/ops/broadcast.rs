@@ -14,6 +14,10 @@ use crate::Real;
 
 /// The broadcast shape of `a` and `b`, or a shape error naming both.
 pub(crate) fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Result<Shape> {
+    // Equal shapes, the common case (gates of a step): one copy.
+    if same(a, b) {
+        return Ok(Shape::from_slice(a));
+    }
     let rank = a.len().max(b.len());
     let mut out = Shape::with_capacity(rank);
     for i in 0..rank {
@@ -34,6 +38,14 @@ pub(crate) fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Result<Shap
         });
     }
     Ok(out)
+}
+
+/// Whether two shapes are equal, compared inline: `==` on slices calls
+/// `memcmp`, a visible cost for the rank-2 shapes every elementwise op
+/// compares.
+#[inline]
+fn same(a: &[usize], b: &[usize]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Dimension `k` counted from the right (0 = last), 1 where missing.
@@ -60,6 +72,9 @@ pub(crate) enum Access {
 
 impl Access {
     pub(crate) fn of(shape: &[usize], out: &[usize]) -> Access {
+        if same(shape, out) {
+            return Access::Same;
+        }
         let n: usize = shape.iter().product();
         let total: usize = out.iter().product();
         if n == total {
@@ -182,6 +197,11 @@ pub(crate) fn zip<F: Real>(
     out: &mut [F],
     f: impl Fn(F, F) -> F,
 ) {
+    // Equal shapes (the elementwise ops of a recurrent step on [B, H]
+    // rows): the plain loop, no access plan.
+    if same(a.1, out_shape) && same(b.1, out_shape) {
+        return super::map2(out, a.0, b.0, f);
+    }
     let aa = Access::of(a.1, out_shape);
     let ab = Access::of(b.1, out_shape);
     if let (Access::Same, Access::Same) = (&aa, &ab) {
@@ -240,6 +260,10 @@ pub(crate) fn grad<F: Real>(
             v
         }
     };
+    if same(a.1, out_shape) && same(b.1, out_shape) {
+        slot.put3(gy, a.0, b.0, df);
+        return;
+    }
     let aa = Access::of(a.1, out_shape);
     let ab = Access::of(b.1, out_shape);
     if let (Access::Same, Access::Same) = (&aa, &ab) {

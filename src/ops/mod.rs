@@ -207,6 +207,13 @@ impl<F: Real> Op<F> {
         }
     }
 
+    /// Whether the op holds buffers [`Op::recycle`] returns (the others
+    /// need not be taken apart at a reset).
+    #[inline]
+    pub(crate) fn saves_buffers(&self) -> bool {
+        matches!(self, Op::Loss(_) | Op::Dropout(_))
+    }
+
     /// Returns any buffers the op saved to the pool (tape reset).
     pub(crate) fn recycle(self, pool: &mut Pool<F>) {
         match self {

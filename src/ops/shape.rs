@@ -156,7 +156,7 @@ impl<'t, F: Real> Var<'t, F> {
             out.copy_from_slice(x.data());
             Ok((
                 Op::Shape(ShapeOp::Reshape),
-                Tensor::from_parts(shape.into(), out),
+                Tensor::from_parts(Shape::from_slice(shape), out),
             ))
         })
     }
@@ -285,7 +285,7 @@ impl<'t, F: Real> Var<'t, F> {
                     ),
                 ));
             }
-            let mut shape: Shape = x.shape().into();
+            let mut shape: Shape = Shape::from_slice(x.shape());
             shape[axis] = len;
             let mut out = pool.take(outer * len * inner, "slice")?;
             for o in 0..outer {
@@ -398,7 +398,7 @@ impl<'t, F: Real> Var<'t, F> {
                 ));
             }
             let row = x.numel() / rows.max(1);
-            let mut shape: Shape = x.shape().into();
+            let mut shape: Shape = Shape::from_slice(x.shape());
             shape[0] = indices.len();
             let mut out = pool.take(indices.len() * row, "gather")?;
             for (i, &r) in indices.iter().enumerate() {

@@ -18,7 +18,7 @@
 
 use super::{BackwardCtx, GradSlot, Op};
 use crate::error::{fail, Error, ErrorKind};
-use crate::tensor::Tensor;
+use crate::tensor::{Shape, Tensor};
 use crate::{Real, Var};
 use std::borrow::Cow;
 
@@ -256,7 +256,7 @@ impl<'t, F: Real> Var<'t, F> {
             op.forward(&mut out, x.data());
             Ok((
                 Op::Unary(op, None),
-                Tensor::from_parts(x.shape().into(), out),
+                Tensor::from_parts(Shape::from_slice(x.shape()), out),
             ))
         })
     }
@@ -289,7 +289,7 @@ impl<'t, F: Real> Var<'t, F> {
             }
             Ok((
                 Op::Unary(op, Some(Cols { start, len })),
-                Tensor::from_parts([rows, len].as_slice().into(), out),
+                Tensor::from_parts(Shape::from_slice(&[rows, len]), out),
             ))
         })
     }

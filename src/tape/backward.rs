@@ -21,15 +21,18 @@
 //! Why dense gradients: slots are a `Vec` indexed by node id, so finding an
 //! input's slot is an index, not a hash lookup. Nodes that do not require a
 //! gradient never get a slot (requires-grad pruning), and nodes the root
-//! does not depend on never receive one, so they cost nothing either.
+//! does not depend on never receive one, so they cost nothing either. The
+//! slot vector is kept on the tape between sweeps (a fresh one of a few MB
+//! per sweep cost page faults on every backward of a long sequence), and
+//! [`Grads`] keeps only the gradients asked for — sorted by node id, found
+//! by binary search — not one entry per node.
 
 use super::{check_finite, NodeId, Tape, Var};
 use crate::error::{or_panic, Error, ErrorKind, Result};
 use crate::ops::{BackwardCtx, CheckGrad, GradSlot, Op, WeightGrads};
 use crate::params::ParamKey;
-use crate::tensor::Tensor;
+use crate::tensor::{Shape, Tensor};
 use crate::Real;
-use smallvec::SmallVec;
 
 /// The gradients from one backward pass, keyed by var and by parameter.
 ///
@@ -45,11 +48,19 @@ use smallvec::SmallVec;
 pub struct Grads<F: Real> {
     tape_id: u64,
     generation: u64,
-    slots: Vec<Option<Tensor<F>>>,
+    /// The kept gradients (leaves that require one, retained vars), by
+    /// increasing node id.
+    kept: Vec<(NodeId, Tensor<F>)>,
     params: Vec<(ParamKey, NodeId)>,
 }
 
 impl<F: Real> Grads<F> {
+    /// The kept gradient of node `id`, if any.
+    fn kept(&self, id: NodeId) -> Option<&Tensor<F>> {
+        let at = self.kept.binary_search_by_key(&id, |(i, _)| *i).ok()?;
+        Some(&self.kept[at].1)
+    }
+
     /// The gradient of the root with respect to `v`, if backward kept one:
     /// every leaf that requires a gradient and every var marked with
     /// `retain_grad` has one (zeros if the root does not depend on it).
@@ -74,10 +85,7 @@ impl<F: Real> Grads<F> {
                 ),
             ));
         }
-        self.slots
-            .get(v.id() as usize)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| {
+        self.kept(v.id()).ok_or_else(|| {
                 Error::new(
                     ErrorKind::NoGradient,
                     "grads",
@@ -116,14 +124,14 @@ impl<F: Real> Grads<F> {
         self.params
             .iter()
             .find(|(k, _)| *k == key)
-            .and_then(|&(_, id)| self.slots[id as usize].as_ref())
+            .and_then(|&(_, id)| self.kept(id))
     }
 
     /// Every bound parameter with its gradient, in binding order.
     pub fn params(&self) -> impl Iterator<Item = (ParamKey, &Tensor<F>)> + '_ {
         self.params
             .iter()
-            .filter_map(|&(k, id)| self.slots[id as usize].as_ref().map(|g| (k, g)))
+            .filter_map(|&(k, id)| self.kept(id).map(|g| (k, g)))
     }
 
     /// Global L2 norm over all parameter gradients (f64 accumulation).
@@ -137,8 +145,8 @@ impl<F: Real> Grads<F> {
     /// Runs `f` on every parameter gradient, in place (clipping).
     pub fn for_each_param_mut(&mut self, mut f: impl FnMut(&mut Tensor<F>)) {
         for &(_, id) in &self.params {
-            if let Some(g) = self.slots[id as usize].as_mut() {
-                f(g);
+            if let Ok(at) = self.kept.binary_search_by_key(&id, |(i, _)| *i) {
+                f(&mut self.kept[at].1);
             }
         }
     }
@@ -178,7 +186,7 @@ impl<F: Real> Grads<F> {
                     ),
                 ));
             };
-            let Some(mine) = self.slots[id as usize].as_ref() else {
+            let Some(mine) = self.kept(id) else {
                 return Err(Error::new(
                     ErrorKind::NoGradient,
                     "accumulate_params",
@@ -196,10 +204,14 @@ impl<F: Real> Grads<F> {
                     ),
                 ));
             }
-            pairs.push((id as usize, g));
+            pairs.push((id, g));
         }
         for (id, g) in pairs {
-            let mine = self.slots[id].as_mut().expect("checked above");
+            let at = self
+                .kept
+                .binary_search_by_key(&id, |(i, _)| *i)
+                .expect("checked above");
+            let mine = &mut self.kept[at].1;
             for (a, &b) in mine.data_mut().iter_mut().zip(g.data()) {
                 *a = *a + b;
             }
@@ -224,7 +236,7 @@ impl<F: Real> Grads<F> {
     }
 
     pub(crate) fn into_buffers(self) -> impl Iterator<Item = Vec<F>> {
-        self.slots.into_iter().flatten().map(Tensor::into_vec)
+        self.kept.into_iter().map(|(_, g)| g.into_vec())
     }
 }
 
@@ -237,7 +249,8 @@ impl<F: Real> Tape<F> {
         let nodes = &inner.nodes[..=root];
         let pool = &mut inner.pool;
         let scopes = &inner.scopes;
-        let mut slots: Vec<Option<Vec<F>>> = Vec::with_capacity(root + 1);
+        // The slot vector of the last sweep (all `None`), reused.
+        let mut slots = std::mem::take(&mut inner.sweep_slots);
         slots.resize_with(root + 1, || None);
 
         if nodes[root].requires_grad {
@@ -275,12 +288,8 @@ impl<F: Real> Tape<F> {
                 slots[i] = Some(gy);
                 continue;
             }
-            let gy = Tensor::from_parts(node.value.shape().into(), gy);
-            let x: SmallVec<[&Tensor<F>; 4]> = node
-                .inputs
-                .iter()
-                .map(|&j| &nodes[j as usize].value)
-                .collect();
+            let gy = Tensor::from_parts(Shape::from_slice(node.value.shape()), gy);
+            let x = super::values_of(nodes, &node.inputs);
             let untransposed = weights.untransposed(node);
             let ctx = BackwardCtx {
                 x: &x,
@@ -324,35 +333,33 @@ impl<F: Real> Tape<F> {
 
         // Leaves that require a gradient and retained vars the root does not
         // depend on get zeros, so `wrt` answers for every var that asked.
-        let mut out: Vec<Option<Tensor<F>>> = Vec::with_capacity(slots.len());
-        for (i, slot) in slots.into_iter().enumerate() {
+        let mut kept = Vec::new();
+        let mut params = Vec::new();
+        for (i, slot) in slots.iter_mut().enumerate() {
             let node = &nodes[i];
             let wanted = node.retain || (node.inputs.is_empty() && node.requires_grad);
-            out.push(match (slot, wanted) {
-                (Some(g), true) => Some(Tensor::from_parts(node.value.shape().into(), g)),
-                (None, true) => Some(Tensor::from_parts(
-                    node.value.shape().into(),
-                    pool.zeroed(node.value.numel(), "backward")?,
-                )),
+            if let Op::Param(k) = node.op {
+                params.push((k, i as NodeId));
+            }
+            let g = match (slot.take(), wanted) {
+                (Some(g), true) => g,
+                (None, true) => pool.zeroed(node.value.numel(), "backward")?,
                 (Some(g), false) => {
                     pool.give(g);
-                    None
+                    continue;
                 }
-                (None, false) => None,
-            });
+                (None, false) => continue,
+            };
+            let shape = Shape::from_slice(node.value.shape());
+            kept.push((i as NodeId, Tensor::from_parts(shape, g)));
         }
-        let params = nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| match n.op {
-                Op::Param(k) => Some((k, i as NodeId)),
-                _ => None,
-            })
-            .collect();
+        // Every slot is `None` again: the vector waits for the next sweep.
+        slots.clear();
+        inner.sweep_slots = slots;
         Ok(Grads {
             tape_id: self.id(),
             generation: self.generation(),
-            slots: out,
+            kept,
             params,
         })
     }

@@ -45,8 +45,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Node index on a tape.
 pub(crate) type NodeId = u32;
 
-/// Input ids of a node: two inline, more (concat) on the heap.
-pub(crate) type Inputs = SmallVec<[NodeId; 2]>;
+/// Input ids of a node: up to four inline (every op but a wide concat or
+/// stack), so recording allocates nothing for them. With smallvec's `union`
+/// feature this is 24 bytes, the size the two-inline form had: the two
+/// extra ids cost nothing, while a three-input op (an `addmm`) no longer
+/// spills to the heap and frees at every reset.
+pub(crate) type Inputs = SmallVec<[NodeId; 4]>;
+
+/// The ids of `vars`, inline for up to four (no `SmallVec::extend`, whose
+/// generic path was a visible share of recording a small op).
+#[inline]
+fn ids_of<F: Real>(vars: &[Var<'_, F>]) -> Inputs {
+    if vars.len() <= 4 {
+        let mut buf = [0; 4];
+        for (d, v) in buf.iter_mut().zip(vars) {
+            *d = v.id();
+        }
+        Inputs::from_buf_and_len(buf, vars.len())
+    } else {
+        vars.iter().map(|v| v.id()).collect()
+    }
+}
+
+/// The values of nodes `ids`, inline for up to four (as [`ids_of`]): what
+/// an op's forward (recording) and its rule (the sweep) read.
+#[inline]
+pub(crate) fn values_of<'a, F>(
+    nodes: &'a [Node<F>],
+    ids: &[NodeId],
+) -> SmallVec<[&'a Tensor<F>; 4]> {
+    match ids.first() {
+        Some(&first) if ids.len() <= 4 => {
+            let mut buf = [&nodes[first as usize].value; 4];
+            for (d, &i) in buf.iter_mut().zip(ids).skip(1) {
+                *d = &nodes[i as usize].value;
+            }
+            SmallVec::from_buf_and_len(buf, ids.len())
+        }
+        _ => ids.iter().map(|&i| &nodes[i as usize].value).collect(),
+    }
+}
 
 /// One recorded operation.
 pub(crate) struct Node<F> {
@@ -106,6 +144,10 @@ pub(crate) struct Inner<F> {
     pub(crate) param_names: HashMap<ParamKey, String>,
     /// Check every value and gradient for NaN/Inf as it is produced.
     pub(crate) anomaly: bool,
+    /// The reverse sweep's per-node gradient slots, kept (empty, with its
+    /// capacity) between sweeps so a backward allocates none (see
+    /// `backward.rs`).
+    pub(crate) sweep_slots: Vec<Option<Vec<F>>>,
 }
 
 /// A tape that records operations on [`Var`]s and differentiates them.
@@ -169,6 +211,7 @@ impl<F: Real> Tape<F> {
                 bound: HashMap::new(),
                 param_names: HashMap::new(),
                 anomaly: false,
+                sweep_slots: Vec::new(),
             }),
         }
     }
@@ -215,12 +258,17 @@ impl<F: Real> Tape<F> {
     /// ```
     pub fn reset(&mut self) {
         let inner = self.inner.get_mut();
-        for node in inner.nodes.drain(..) {
+        // In place, then one clear: a node is not moved out to be dropped,
+        // and only the ops that saved buffers are taken apart.
+        for node in &mut inner.nodes {
             if !node.released {
-                inner.pool.give(node.value.into_vec());
+                inner.pool.give(node.value.take_data());
             }
-            node.op.recycle(&mut inner.pool);
+            if node.op.saves_buffers() {
+                std::mem::replace(&mut node.op, Op::Leaf).recycle(&mut inner.pool);
+            }
         }
+        inner.nodes.clear();
         inner.scopes.clear();
         inner.bound.clear();
         self.generation.set(self.generation.get() + 1);
@@ -244,7 +292,9 @@ impl<F: Real> Tape<F> {
     /// Frees the pooled buffers too (the tape keeps nothing allocated).
     pub fn shrink(&mut self) {
         self.reset();
-        self.inner.get_mut().pool.clear();
+        let inner = self.inner.get_mut();
+        inner.pool.clear();
+        inner.sweep_slots = Vec::new();
     }
 
     /// Elements currently held by the tape: node values plus pooled buffers.
@@ -340,7 +390,7 @@ impl<F: Real> Tape<F> {
                 ));
             }
             let buf = or_panic(inner.pool.copy_of(data, "constant_from_slice"));
-            Tensor::from_parts(shape.into(), buf)
+            Tensor::from_parts(Shape::from_slice(shape), buf)
         };
         self.constant(value)
     }
@@ -360,7 +410,7 @@ impl<F: Real> Tape<F> {
             let mut inner = self.inner.borrow_mut();
             let n = or_panic(crate::tensor::numel(shape));
             let buf = or_panic(inner.pool.zeroed(n, "zeros"));
-            Tensor::from_parts(shape.into(), buf)
+            Tensor::from_parts(Shape::from_slice(shape), buf)
         };
         self.constant(value)
     }
@@ -415,7 +465,7 @@ impl<F: Real> Tape<F> {
         let value = {
             let mut inner = self.inner.borrow_mut();
             let buf = inner.pool.copy_of(src.data(), "param")?;
-            Tensor::from_parts(src.shape().into(), buf)
+            Tensor::from_parts(Shape::from_slice(src.shape()), buf)
         };
         let v = self.push_leaf(Op::Param(key), value, true);
         let mut inner = self.inner.borrow_mut();
@@ -513,11 +563,8 @@ impl<F: Real> Tape<F> {
                 .with_label(Some(inner.scopes.path(label))));
             }
         }
-        let ids: Inputs = inputs.iter().map(|v| v.id()).collect();
-        let values: SmallVec<[&Tensor<F>; 4]> = ids
-            .iter()
-            .map(|&i| &inner.nodes[i as usize].value)
-            .collect();
+        let ids = ids_of(inputs);
+        let values = values_of(&inner.nodes, &ids);
         let requires_grad = ids.iter().any(|&i| inner.nodes[i as usize].requires_grad);
         let result = forward(&values, &mut inner.pool);
         drop(values);
@@ -699,7 +746,7 @@ impl<F: Real> Drop for ScopeGuard<'_, F> {
 
 /// Shape helper shared by tape code: the shape of a var's value.
 pub(crate) fn shape_of<F: Real>(t: &Tensor<F>) -> Shape {
-    t.shape().into()
+    Shape::from_slice(t.shape())
 }
 
 #[cfg(test)]

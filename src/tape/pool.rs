@@ -56,9 +56,17 @@ impl<F> Default for Bucket<F> {
     }
 }
 
+/// Lengths below this have their bucket in a plain array, indexed by the
+/// length: the small rows of a step (`[1, b]` gates, scalars) skip the hash
+/// lookup, which was most of the cost of taking and giving them.
+const SMALL: usize = 256;
+
 /// Free buffers, by exact length.
 #[derive(Debug)]
 pub(crate) struct Pool<F> {
+    /// Buckets of lengths `0..SMALL` (grown on demand), by length.
+    small: Vec<Bucket<F>>,
+    /// Buckets of lengths `SMALL..`.
     buckets: HashMap<usize, Bucket<F>, BuildHasherDefault<LenHasher>>,
     /// Elements currently held in free buffers.
     held: usize,
@@ -67,8 +75,34 @@ pub(crate) struct Pool<F> {
 impl<F> Default for Pool<F> {
     fn default() -> Self {
         Pool {
+            small: Vec::new(),
             buckets: HashMap::default(),
             held: 0,
+        }
+    }
+}
+
+impl<F> Pool<F> {
+    /// The bucket of length `n`, created if missing.
+    #[inline]
+    fn bucket(&mut self, n: usize) -> &mut Bucket<F> {
+        if n < SMALL {
+            if n >= self.small.len() {
+                self.small.resize_with(n + 1, Bucket::default);
+            }
+            &mut self.small[n]
+        } else {
+            self.buckets.entry(n).or_default()
+        }
+    }
+
+    /// The bucket of length `n`, if it exists.
+    #[inline]
+    fn bucket_if_any(&mut self, n: usize) -> Option<&mut Bucket<F>> {
+        if n < SMALL {
+            self.small.get_mut(n)
+        } else {
+            self.buckets.get_mut(&n)
         }
     }
 }
@@ -76,15 +110,19 @@ impl<F> Default for Pool<F> {
 impl<F: Copy + num_traits::Zero> Pool<F> {
     /// A buffer of exactly `n` elements with unspecified contents.
     pub(crate) fn take(&mut self, n: usize, op: &str) -> Result<Vec<F>> {
-        let bucket = self.buckets.entry(n).or_default();
+        let bucket = self.bucket(n);
         let v = match bucket.free.pop() {
             Some(v) => {
+                bucket.on_loan += 1;
                 self.held -= n;
                 v
             }
-            None => try_alloc(n, F::zero(), op)?,
+            None => {
+                let v = try_alloc(n, F::zero(), op)?;
+                self.bucket(n).on_loan += 1;
+                v
+            }
         };
-        bucket.on_loan += 1;
         Ok(v)
     }
 
@@ -108,11 +146,12 @@ impl<F: Copy + num_traits::Zero> Pool<F> {
         if v.is_empty() {
             return;
         }
-        match self.buckets.get_mut(&v.len()) {
+        let n = v.len();
+        match self.bucket_if_any(n) {
             Some(bucket) if bucket.on_loan > 0 => {
                 bucket.on_loan -= 1;
-                self.held += v.len();
                 bucket.free.push(v);
+                self.held += n;
             }
             _ => {}
         }
@@ -125,7 +164,7 @@ impl<F: Copy + num_traits::Zero> Pool<F> {
 
     /// Frees every pooled buffer.
     pub(crate) fn clear(&mut self) {
-        for b in self.buckets.values_mut() {
+        for b in self.small.iter_mut().chain(self.buckets.values_mut()) {
             b.free.clear();
         }
         self.held = 0;
