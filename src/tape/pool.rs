@@ -109,7 +109,25 @@ impl<F> Pool<F> {
 
 impl<F: Copy + num_traits::Zero> Pool<F> {
     /// A buffer of exactly `n` elements with unspecified contents.
+    ///
+    /// The hit on a small length is inlined into the ops (it is taken once
+    /// per recorded node and once per gradient); a miss or a large length
+    /// goes through [`Pool::take_slow`].
+    #[inline]
     pub(crate) fn take(&mut self, n: usize, op: &str) -> Result<Vec<F>> {
+        if let Some(bucket) = self.small.get_mut(n) {
+            if let Some(v) = bucket.free.pop() {
+                bucket.on_loan += 1;
+                self.held -= n;
+                return Ok(v);
+            }
+        }
+        self.take_slow(n, op)
+    }
+
+    /// [`Pool::take`] through the bucket map, allocating on a miss.
+    #[inline(never)]
+    fn take_slow(&mut self, n: usize, op: &str) -> Result<Vec<F>> {
         let bucket = self.bucket(n);
         let v = match bucket.free.pop() {
             Some(v) => {
@@ -142,6 +160,7 @@ impl<F: Copy + num_traits::Zero> Pool<F> {
 
     /// Returns a buffer for reuse (dropped if the pool did not issue one of
     /// this length that is still out).
+    #[inline]
     pub(crate) fn give(&mut self, v: Vec<F>) {
         if v.is_empty() {
             return;
