@@ -69,7 +69,7 @@ fn ids_of<F: Real>(vars: &[Var<'_, F>]) -> Inputs {
 
 /// The values of nodes `ids`, inline for up to four (as [`ids_of`]): what
 /// an op's forward (recording) and its rule (the sweep) read.
-#[inline]
+#[inline(always)]
 pub(crate) fn values_of<'a, F>(
     nodes: &'a [Node<F>],
     ids: &[NodeId],

@@ -169,6 +169,11 @@ impl<F: Real> Deferrals<F> {
             max_weight: 0,
         };
         for node in nodes {
+            // Only products defer: every other node is passed over without
+            // reading its inputs' nodes (scattered reads on a long tape).
+            if !matches!(node.op, Op::Linalg(_)) {
+                continue;
+            }
             for (k, &j) in node.inputs.iter().enumerate() {
                 if !nodes[j as usize].requires_grad {
                     continue;
