@@ -251,7 +251,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// let gain = tape.var(Tensor::from_vec(vec![2.0, 3.0], &[2]).unwrap());
     /// let bias = tape.var(Tensor::from_vec(vec![0.5, -0.5], &[2]).unwrap());
     /// let y = x.layer_norm_affine(gain, bias, 1e-12);
-    /// let v = y.value();
+    /// let v = y.to_tensor();
     /// assert!((v.data()[0] - (-2.0 + 0.5)).abs() < 1e-9 && (v.data()[1] - (3.0 - 0.5)).abs() < 1e-9);
     /// assert_eq!(&v.data()[2..], &[0.5, -0.5]); // a constant row gives β
     /// let g = y.sum().backward();
