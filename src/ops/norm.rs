@@ -69,29 +69,30 @@ impl<F: Real> NormOp<F> {
         let stats = self.stats.chunks_exact(2);
         match k {
             0 => {
-                let gain = self.affine.then(|| c.x[1].data());
+                let ones;
+                let gain = if self.affine {
+                    &c.x[1].data()[..n]
+                } else {
+                    ones = vec![F::one(); n];
+                    &ones[..]
+                };
                 let inv_n = F::one() / F::of(n as f64);
                 let fresh = slot.fresh;
                 let out = slot.data.chunks_exact_mut(n);
                 for (((xr, gr), st), d) in rows.zip(stats).zip(out) {
                     let (mu, r) = (st[0], st[1]);
-                    let gt = |j: usize| match gain {
-                        Some(g) => gr[j] * g[j],
-                        None => gr[j],
-                    };
-                    let (mut s1, mut s2) = (F::zero(), F::zero());
-                    for j in 0..n {
-                        let g = gt(j);
-                        s1 = s1 + g;
-                        s2 = s2 + g * (xr[j] - mu) * r;
-                    }
+                    // mean(g̃) and mean(g̃ ⊙ x̂), g̃ = gy ⊙ γ.
+                    let [s1, s2] = lane_sums(gr, gain, xr, |g, w, x| {
+                        let g = g * w;
+                        [g, g * (x - mu) * r]
+                    });
                     let (m1, m2) = (s1 * inv_n, s2 * inv_n);
-                    let vals = (0..n).map(|j| r * (gt(j) - m1 - (xr[j] - mu) * r * m2));
-                    GradSlot { data: d, fresh }.put(vals);
+                    GradSlot { data: d, fresh }
+                        .put3(gr, gain, xr, |g, w, x| r * (g * w - m1 - (x - mu) * r * m2));
                 }
             }
             1 => {
-                let d = slot.for_adding();
+                let d = &mut slot.for_adding()[..n];
                 for ((xr, gr), st) in rows.zip(stats) {
                     let (mu, r) = (st[0], st[1]);
                     for j in 0..n {
@@ -100,7 +101,7 @@ impl<F: Real> NormOp<F> {
                 }
             }
             _ => {
-                let d = slot.for_adding();
+                let d = &mut slot.for_adding()[..n];
                 for gr in gy.chunks_exact(n) {
                     for j in 0..n {
                         d[j] = d[j] + gr[j];
@@ -111,17 +112,47 @@ impl<F: Real> NormOp<F> {
     }
 }
 
+/// Independent partial sums per lane: a row's reductions vectorize (one
+/// running sum is a chain of dependent adds the compiler may not reorder).
+const LANES: usize = 8;
+
+/// `[Σⱼ f(aⱼ, bⱼ, cⱼ)[0], Σⱼ f(aⱼ, bⱼ, cⱼ)[1]]` over equal-length slices,
+/// in [`LANES`] interleaved partial sums (fixed-size chunks: no bounds
+/// checks in the loop).
+#[inline(always)]
+fn lane_sums<F: Real>(a: &[F], b: &[F], c: &[F], f: impl Fn(F, F, F) -> [F; 2]) -> [F; 2] {
+    let n = a.len();
+    let (b, c) = (&b[..n], &c[..n]);
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    let (cc, ct) = c.as_chunks::<LANES>();
+    let mut acc = [[F::zero(); LANES]; 2];
+    for ((a, b), c) in ac.iter().zip(bc).zip(cc) {
+        for l in 0..LANES {
+            let v = f(a[l], b[l], c[l]);
+            acc[0][l] = acc[0][l] + v[0];
+            acc[1][l] = acc[1][l] + v[1];
+        }
+    }
+    let mut tail = [F::zero(); 2];
+    for ((&a, &b), &c) in at.iter().zip(bt).zip(ct) {
+        let v = f(a, b, c);
+        tail = [tail[0] + v[0], tail[1] + v[1]];
+    }
+    let total = |a: &[F; LANES], t: F| a.iter().fold(t, |s, &v| s + v);
+    [total(&acc[0], tail[0]), total(&acc[1], tail[1])]
+}
+
 /// μ and r = 1/√(σ² + ε) of one row (see the module docs for why the mean
 /// is refined).
 fn row_stats<F: Real>(x: &[F], eps: F) -> (F, F) {
-    let inv_n = F::one() / F::of(x.len() as f64);
-    let mu0 = x.iter().fold(F::zero(), |s, &v| s + v) * inv_n;
-    let (mut d, mut sq) = (F::zero(), F::zero());
-    for &v in x {
+    let n = x.len();
+    let inv_n = F::one() / F::of(n as f64);
+    let mu0 = lane_sums(x, x, x, |v, _, _| [v, F::zero()])[0] * inv_n;
+    let [d, sq] = lane_sums(x, x, x, |v, _, _| {
         let e = v - mu0;
-        d = d + e;
-        sq = sq + e * e;
-    }
+        [e, e * e]
+    });
     let d = d * inv_n;
     // Σ(x − μ)² = Σ(x − μ₀)² − n·d²; rounding may leave it a hair below 0.
     let var = (sq * inv_n - d * d).max(F::zero());
@@ -183,11 +214,13 @@ impl<'t, F: Real> Var<'t, F> {
                     st[1] = r;
                     match gb {
                         Some((g, b)) => {
+                            let (g, b) = (&g[..n], &b[..n]);
                             for j in 0..n {
                                 yr[j] = (xr[j] - mu) * r * g[j] + b[j];
                             }
                         }
                         None => {
+                            let xr = &xr[..n];
                             for j in 0..n {
                                 yr[j] = (xr[j] - mu) * r;
                             }
