@@ -198,7 +198,7 @@ impl<'t, F: Real> Var<'t, F> {
                     format!("eps = {eps} must be positive and finite"),
                 ));
             }
-            let rows = if n == 0 { 0 } else { xs.numel() / n };
+            let rows = xs.numel().checked_div(n).unwrap_or(0);
             let mut out = pool.take(xs.numel(), name)?;
             let mut stats = pool.take(2 * rows, name)?;
             let e = F::of(eps);
