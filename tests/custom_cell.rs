@@ -379,3 +379,44 @@ fn a_step_asking_for_what_its_cell_did_not_declare_is_named() {
         "{msg}"
     );
 }
+
+/// The layer-normalised LSTM normalises what `Step::input()` and
+/// `Step::recurrent(h)` hand it, so it keeps the LSTM's fast path: at
+/// B ≥ 8 the tape holds one transpose of W_ih and one of W_hh per
+/// sequence (none per step), one input projection GEMM for all steps, and
+/// each step's recurrent product is a row-major `matmul` by that Wᵀ —
+/// no `matmul_t` with W in PyTorch's layout anywhere.
+#[test]
+fn layer_norm_lstm_keeps_the_fast_path() {
+    use tapegrad::layers::LayerNormLstm;
+    let mut store = ParamStore::<f32>::new();
+    let layer = LayerNormLstm::new(&mut store, "ln", RecurrentConfig::new(3, 4), 0);
+    let tape = Tape::new();
+    let steps = 5;
+    let x = tape.constant(Tensor::randn(&[steps, 8, 3], 0));
+    let _ = layer
+        .forward(&tape, &store, x, None)
+        .stacked()
+        .sum()
+        .backward();
+    let listing = tape.listing();
+    let op_lines = |op: &str| -> Vec<&str> {
+        listing
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == op))
+            .collect()
+    };
+    let transposes = op_lines("transpose");
+    assert_eq!(transposes.len(), 2, "{listing}");
+    let w_hh_t = transposes
+        .iter()
+        .find(|l| l.contains("[4, 16]"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("W_hhᵀ is [H × 4H]");
+    let products = op_lines("matmul");
+    assert_eq!(products.len(), steps, "{listing}");
+    assert!(products
+        .iter()
+        .all(|l| l.ends_with(&format!(", {w_hh_t})"))));
+    assert!(op_lines("matmul_t").is_empty() && op_lines("addmm").len() == 1);
+}

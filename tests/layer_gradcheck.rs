@@ -1,6 +1,7 @@
 //! Finite-difference checks of whole recurrent layers, f64.
 //!
-//! For each layer kind — `Rnn` (tanh), `Rnn` (relu), `Lstm`, `Gru` — and
+//! For each layer kind — `Rnn` (tanh), `Rnn` (relu), `Lstm`, `Gru`, and the
+//! LSTM variants `ProjLstm` (P = 2), `LayerNormLstm`, `PeepholeLstm` — and
 //! each shape — one layer, two stacked layers, bidirectional, stacked and
 //! bidirectional, the last also with variable lengths — the scalar
 //!
@@ -17,7 +18,8 @@
 //!   `grads.param(key)`;
 //! - w.r.t. **x, h(0) and c(0)** (plain vars): `tapegrad::gradcheck::gradcheck`.
 //!
-//! Both use ε = 1e-6 (gradcheck's default) and the relative error
+//! Both use ε = 1e-6 (gradcheck's default; 1e-5 for `LayerNormLstm`, see
+//! [`Kind::fd_step`]) and the relative error
 //! |analytic − numeric| / max(|analytic|, |numeric|, 1e-3) (gradcheck's
 //! floor); the bound is **1e-6**. Sizes: B = 2, T = 4, I = 3, H = 3.
 //!
@@ -30,8 +32,11 @@
 //!
 //! The worst errors are printed (`--nocapture`).
 
-use tapegrad::gradcheck::gradcheck;
-use tapegrad::layers::{Gru, Lstm, RecurrentConfig, Rnn, RunOptions, SeqOutput, State};
+use tapegrad::gradcheck::{gradcheck_with, GradcheckOptions};
+use tapegrad::layers::{
+    Gru, LayerNormLstm, Lstm, PeepholeLstm, ProjLstm, ProjLstmCell, RecurrentConfig, Rnn,
+    RunOptions, SeqOutput, State,
+};
 use tapegrad::{Nonlinearity, ParamKey, ParamStore, Tape, Tensor, Var};
 
 /// Finite-difference step (gradcheck's default).
@@ -47,18 +52,56 @@ const B: usize = 2;
 const T: usize = 4;
 const I: usize = 3;
 const H: usize = 3;
+/// The width of h of the projected LSTM.
+const P: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Rnn(Nonlinearity),
     Lstm,
     Gru,
+    Proj,
+    LnLstm,
+    Peephole,
+}
+
+impl Kind {
+    /// Whether the cell has a state c besides h.
+    fn has_c(self) -> bool {
+        !matches!(self, Kind::Rnn(_) | Kind::Gru)
+    }
+
+    /// The finite-difference step. 1e-6 (gradcheck's default) but for the
+    /// layer-norm LSTM, whose ∂L/∂γ_hh entries near the 1e-3 floor met the
+    /// rounding noise of central differences at 1e-6, u·|L|/ε ≈ 1e-9
+    /// absolute: 1.03e-6 relative on `ln_gain_hh_l0` (abs 1.1e-9), stacked,
+    /// bidirectional with lengths. At 1e-5 the noise is ten times smaller
+    /// and the truncation, ε²·|L‴|/6, stays far below it.
+    fn fd_step(self) -> f64 {
+        if self == Kind::LnLstm {
+            1e-5
+        } else {
+            EPS
+        }
+    }
+
+    /// The width of h.
+    fn width(self) -> usize {
+        if self == Kind::Proj {
+            P
+        } else {
+            H
+        }
+    }
 }
 
 enum Layer {
     Rnn(Rnn),
     Lstm(Lstm),
     Gru(Gru),
+    Proj(ProjLstm),
+    LnLstm(LayerNormLstm),
+    Peephole(PeepholeLstm),
 }
 
 impl Layer {
@@ -67,6 +110,28 @@ impl Layer {
             Kind::Rnn(phi) => Layer::Rnn(Rnn::new(store, "rnn", cfg.nonlinearity(phi), 3)),
             Kind::Lstm => Layer::Lstm(Lstm::new(store, "lstm", cfg, 3)),
             Kind::Gru => Layer::Gru(Gru::new(store, "gru", cfg, 3)),
+            Kind::Proj => Layer::Proj(ProjLstm::with_cell(
+                ProjLstmCell::new(P),
+                store,
+                "proj",
+                cfg,
+                3,
+            )),
+            Kind::LnLstm => {
+                let layer = LayerNormLstm::new(store, "ln", cfg, 3);
+                // Gains and biases away from their 1 and 0 start.
+                for (i, k) in store.keys().collect::<Vec<_>>().into_iter().enumerate() {
+                    if store.name(k).contains(".ln_") {
+                        let shift =
+                            Tensor::uniform(store.get(k).shape(), -0.3, 0.3, i as u64).unwrap();
+                        for (v, d) in store.get_mut(k).data_mut().iter_mut().zip(shift.data()) {
+                            *v += d;
+                        }
+                    }
+                }
+                Layer::LnLstm(layer)
+            }
+            Kind::Peephole => Layer::Peephole(PeepholeLstm::new(store, "peep", cfg, 3)),
         }
     }
 
@@ -86,6 +151,9 @@ impl Layer {
             Layer::Rnn(l) => l.forward_with(tape, store, x, Some(init), opts),
             Layer::Lstm(l) => l.forward_with(tape, store, x, Some(init), opts),
             Layer::Gru(l) => l.forward_with(tape, store, x, Some(init), opts),
+            Layer::Proj(l) => l.forward_with(tape, store, x, Some(init), opts),
+            Layer::LnLstm(l) => l.forward_with(tape, store, x, Some(init), opts),
+            Layer::Peephole(l) => l.forward_with(tape, store, x, Some(init), opts),
         }
     }
 }
@@ -124,7 +192,7 @@ fn nan_max(a: f64, b: f64) -> f64 {
 /// parameter of `store`, against the tape's `grads.param(key)`. Fails on
 /// the first parameter whose relative error exceeds [`TOL`]; returns the
 /// worst errors.
-fn fd_check_params<L>(store: &mut ParamStore<f64>, what: &str, loss: L) -> Worst
+fn fd_check_params<L>(store: &mut ParamStore<f64>, what: &str, eps: f64, loss: L) -> Worst
 where
     L: for<'t> Fn(&'t Tape<f64>, &ParamStore<f64>) -> Var<'t, f64>,
 {
@@ -147,14 +215,14 @@ where
         let mut here = Worst::default();
         for i in 0..a.numel() {
             let x0 = store.get(key).data()[i];
-            store.get_mut(key).data_mut()[i] = x0 + EPS;
+            store.get_mut(key).data_mut()[i] = x0 + eps;
             let up = loss(&tape, store).item();
             tape.reset();
-            store.get_mut(key).data_mut()[i] = x0 - EPS;
+            store.get_mut(key).data_mut()[i] = x0 - eps;
             let down = loss(&tape, store).item();
             tape.reset();
             store.get_mut(key).data_mut()[i] = x0;
-            here.add(a.data()[i], (up - down) / (2.0 * EPS));
+            here.add(a.data()[i], (up - down) / (2.0 * eps));
         }
         assert!(
             here.rel <= TOL,
@@ -204,7 +272,8 @@ fn loss<'t>(
     let r = tape.constant(Tensor::uniform(&[T * B, width], -1.0, 1.0, 500).unwrap());
     let mut l = (out.stacked_rows() * r).sum();
     for (k, h) in out.state.h.iter().enumerate() {
-        let s = tape.constant(Tensor::uniform(&[B, H], -1.0, 1.0, 600 + k as u64).unwrap());
+        let w = case.kind.width();
+        let s = tape.constant(Tensor::uniform(&[B, w], -1.0, 1.0, 600 + k as u64).unwrap());
         l = l + (*h * s).sum();
     }
     for (k, c) in out.state.c.iter().flatten().enumerate() {
@@ -278,14 +347,15 @@ fn check(case: Case) -> (Worst, Worst) {
         .layers(case.layers)
         .bidirectional(case.bidirectional);
     let layer = Layer::new(case.kind, &mut store, cfg);
-    let cell = case.kind == Kind::Lstm;
+    let cell = case.kind.has_c();
     let e = case.entries();
 
-    // inputs: x [T×B×I], h0 and c0 entries [B×H]
+    // inputs: x [T×B×I], h0 entries [B×width of h] and c0 entries [B×H]
     let draw = |seed: u64| -> Vec<Tensor<f64>> {
         let mut v = vec![Tensor::randn(&[T, B, I], seed)];
         for k in 0..e {
-            v.push(scaled(Tensor::randn(&[B, H], seed + 1 + k as u64), 0.5));
+            let w = case.kind.width();
+            v.push(scaled(Tensor::randn(&[B, w], seed + 1 + k as u64), 0.5));
         }
         if cell {
             for k in 0..e {
@@ -342,7 +412,11 @@ fn check(case: Case) -> (Worst, Worst) {
 
     let what = format!("{case:?}");
     // x, h0, c0: gradcheck
-    let report = gradcheck(&inputs, |tape, v| {
+    let opts = GradcheckOptions {
+        eps: case.kind.fd_step(),
+        floor: FLOOR,
+    };
+    let report = gradcheck_with(&inputs, opts, |tape, v| {
         let c0 = cell.then(|| &v[1 + e..1 + 2 * e]);
         loss(&case, &layer, tape, &store, v[0], &v[1..1 + e], c0)
     });
@@ -366,7 +440,7 @@ fn check(case: Case) -> (Worst, Worst) {
     };
 
     // every parameter: central differences on the store
-    let params_worst = fd_check_params(&mut store, &what, |tape, store| {
+    let params_worst = fd_check_params(&mut store, &what, case.kind.fd_step(), |tape, store| {
         let x = tape.constant(inputs[0].clone());
         let h0: Vec<Var<'_, f64>> = inputs[1..1 + e]
             .iter()
@@ -443,4 +517,91 @@ fn lstm_gradcheck() {
 #[test]
 fn gru_gradcheck() {
     check_kind(Kind::Gru);
+}
+
+#[test]
+fn projected_lstm_gradcheck() {
+    check_kind(Kind::Proj);
+}
+
+#[test]
+fn layer_norm_lstm_gradcheck() {
+    check_kind(Kind::LnLstm);
+}
+
+#[test]
+fn peephole_lstm_gradcheck() {
+    check_kind(Kind::Peephole);
+}
+
+/// The LSTM variants run in f32: the same layer (parameters rounded to
+/// f32, the same inputs) as in f64, stacked and bidirectional with
+/// lengths, gives the loss and every parameter gradient within 1e-4
+/// relative (floor 1e-2) of the f64 run.
+#[test]
+fn lstm_variants_run_in_f32() {
+    fn loss_and_grads<F: tapegrad::Real>(
+        layer: &Layer32,
+        store: &ParamStore<F>,
+        x: &Tensor<f64>,
+    ) -> (f64, Vec<Vec<f64>>) {
+        let tape = Tape::<F>::new();
+        let x = tape.constant(x.cast());
+        let lengths = [T, 2];
+        let opts = RunOptions {
+            lengths: Some(&lengths),
+            dropout_seed: None,
+        };
+        let out = match layer {
+            Layer32::Proj(l) => l.forward_with(&tape, store, x, None, opts),
+            Layer32::LnLstm(l) => l.forward_with(&tape, store, x, None, opts),
+            Layer32::Peephole(l) => l.forward_with(&tape, store, x, None, opts),
+        };
+        let mut loss = out.stacked().tanh().sum();
+        for c in out.state.c.iter().flatten() {
+            loss = loss + c.sum();
+        }
+        let g = loss.backward();
+        let grads = store
+            .keys()
+            .map(|k| g.param(k).unwrap().cast::<f64>().into_vec())
+            .collect();
+        (loss.to_tensor().cast::<f64>().item(), grads)
+    }
+    enum Layer32 {
+        Proj(ProjLstm),
+        LnLstm(LayerNormLstm),
+        Peephole(PeepholeLstm),
+    }
+    let cfg = RecurrentConfig::new(I, H).layers(2).bidirectional(true);
+    let x = Tensor::randn(&[T, B, I], 42);
+    for which in 0..3 {
+        let mut store = ParamStore::<f64>::new();
+        let layer = match which {
+            0 => Layer32::Proj(ProjLstm::with_cell(
+                ProjLstmCell::new(P),
+                &mut store,
+                "p",
+                cfg,
+                1,
+            )),
+            1 => Layer32::LnLstm(LayerNormLstm::new(&mut store, "p", cfg, 1)),
+            _ => Layer32::Peephole(PeepholeLstm::new(&mut store, "p", cfg, 1)),
+        };
+        let store32: ParamStore<f32> = store.map(|_, p| p.value.cast());
+        let store64: ParamStore<f64> = store32.map(|_, p| p.value.cast());
+        let (l32, g32) = loss_and_grads(&layer, &store32, &x);
+        let (l64, g64) = loss_and_grads(&layer, &store64, &x);
+        let mut worst = (l32 - l64).abs() / l64.abs().max(1e-2);
+        for (a, b) in g32.iter().flatten().zip(g64.iter().flatten()) {
+            worst = worst.max((a - b).abs() / b.abs().max(1e-2));
+        }
+        assert!(
+            worst <= 1e-4,
+            "variant {which}: f32 vs f64 relative {worst:e}"
+        );
+        println!(
+            "variant {which} (0 proj, 1 ln, 2 peephole): f32 vs f64 worst relative {worst:.1e}"
+        );
+    }
 }

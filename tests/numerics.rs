@@ -862,3 +862,70 @@ fn rnn_exploding_and_vanishing_gradients() {
     }
     assert!(big[0] < big[1] && big[1] < big[2]);
 }
+
+// ----- layer norm at large and constant inputs -----------------------------------
+
+/// Layer norm of rows far from 0, in f32 and f64:
+///
+/// - rows at 1e8 (and −3e8) with unit spread normalise as the spread alone
+///   does (f64; the offset costs the input its last ~8 digits, so 1e-6);
+/// - rows of spread 1e8 come out with mean 0 and variance 1 (1e-5 in f32);
+/// - constant rows — at 0, 1e8, −3e7, 1e30 — give exactly β, with finite
+///   gradients w.r.t. x, γ and β (∂L/∂β = Σ_rows gy exactly).
+fn layer_norm_stays_finite<F: Real>(tol: f64) {
+    let n = 6;
+    let tape = Tape::<F>::new();
+    let gain = tape.var(Tensor::from_fn(&[n], |j| F::of(0.5 + j as f64 / 4.0)));
+    let bias = tape.var(Tensor::from_fn(&[n], |j| F::of(j as f64 - 2.5)));
+    let spread = Tensor::<f64>::randn(&[3, n], 7);
+    // Rows with spread 1e8.
+    let wide = tape.var(Tensor::from_fn(&[3, n], |i| F::of(1e8 * spread.data()[i])));
+    let y = wide.layer_norm(1e-5).to_tensor();
+    for row in y.data().chunks(n) {
+        let row: Vec<f64> = row.iter().map(|v| v.to_f64().unwrap()).collect();
+        let mean = row.iter().sum::<f64>() / n as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(
+            mean.abs() < tol && (var - 1.0).abs() < tol,
+            "mean {mean}, var {var}"
+        );
+    }
+    // Constant rows.
+    let levels = [0.0, 1e8, -3e7, 1e30];
+    let flat = tape.var(Tensor::from_fn(&[4, n], |i| F::of(levels[i / n])));
+    let y = flat.layer_norm_affine(gain, bias, 1e-5);
+    for row in y.value().data().chunks(n) {
+        assert_eq!(row, bias.value().data(), "a constant row gives β exactly");
+    }
+    let w = Tensor::<F>::uniform(&[4, n], -1.0, 1.0, 3).unwrap();
+    let g = (y * tape.constant(w.clone())).sum().backward();
+    for v in [flat, gain, bias] {
+        assert!(g.wrt(v).data().iter().all(|d| d.is_finite()));
+    }
+    for j in 0..n {
+        let want: f64 = (0..4).map(|r| w.data()[r * n + j].to_f64().unwrap()).sum();
+        let got = g.wrt(bias).data()[j].to_f64().unwrap();
+        assert!((got - want).abs() < tol);
+    }
+}
+
+#[test]
+fn layer_norm_stable_at_large_and_constant_inputs_f64() {
+    layer_norm_stays_finite::<f64>(1e-9);
+    // Unit spread at 1e8: the same as the spread normalised alone.
+    let tape = Tape::<f64>::new();
+    let spread = Tensor::<f64>::randn(&[2, 8], 9);
+    let at = |off: [f64; 2]| {
+        tape.constant(Tensor::from_fn(&[2, 8], |i| off[i / 8] + spread.data()[i]))
+            .layer_norm(1e-5)
+            .to_tensor()
+    };
+    let err = at([1e8, -3e8]).max_abs_diff(&at([0.0, 0.0]));
+    assert!(err < 1e-6, "{err:e}");
+    eprintln!("layer_norm at 1e8 offset vs at 0: max |Δ| {err:.1e}");
+}
+
+#[test]
+fn layer_norm_stable_at_large_and_constant_inputs_f32() {
+    layer_norm_stays_finite::<f32>(1e-5);
+}

@@ -699,6 +699,9 @@ enum Step {
     Gram(usize),
     /// v^2 via powf, then √(· + 1)
     PowSqrt(usize),
+    /// Layer norm of v's rows with b as gain and bias (ε = 0.1, so the
+    /// normalisation's curvature stays O(1) for the finite differences).
+    LayerNorm(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -717,6 +720,7 @@ fn step() -> impl Strategy<Value = Step> {
         (i(), i(), any::<u64>()).prop_map(|(a, b, s)| Step::Select(a, b, s)),
         i().prop_map(Step::Gram),
         i().prop_map(Step::PowSqrt),
+        i().prop_map(Step::LayerNorm),
     ]
 }
 
@@ -792,6 +796,7 @@ impl Program {
                     .mul_scalar(F::of(0.25))
                     .tanh(),
                 Step::PowSqrt(a) => v(a).powf(F::of(2.0)).add_scalar(F::one()).sqrt(),
+                Step::LayerNorm(a) => v(a).layer_norm_affine(b, b, 0.1),
             };
             vals.push(next);
         }

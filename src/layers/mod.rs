@@ -16,6 +16,9 @@
 //!   variable lengths (`recurrent.rs`).
 //! - [`Rnn`], [`Lstm`], [`Gru`]: [`Recurrent`] with the built-in cells
 //!   [`RnnCell`], [`LstmCell`], [`GruCell`] (`rnn.rs`, `lstm.rs`, `gru.rs`).
+//! - LSTM variants, one file each: [`ProjLstm`] (PyTorch's `proj_size`,
+//!   `proj_lstm.rs`), [`LayerNormLstm`] (Ba et al. 2016, `ln_lstm.rs`),
+//!   [`PeepholeLstm`] (Gers & Schmidhuber 2000, `peephole_lstm.rs`).
 //! - [`State`], [`StateTensors`]: recurrent state on a tape and detached
 //!   between tapes (truncated BPTT: [`tbptt`]).
 
@@ -23,7 +26,10 @@ mod cell;
 mod embedding;
 mod gru;
 mod linear;
+mod ln_lstm;
 mod lstm;
+mod peephole_lstm;
+mod proj_lstm;
 mod recurrent;
 mod rnn;
 mod state;
@@ -33,7 +39,10 @@ pub use cell::{Cell, CellSpec, Init, ParamSpec, StateSpec, Step, StepPosition};
 pub use embedding::Embedding;
 pub use gru::{Gru, GruCell};
 pub use linear::Linear;
+pub use ln_lstm::{LayerNormLstm, LayerNormLstmCell};
 pub use lstm::{Lstm, LstmCell};
+pub use peephole_lstm::{PeepholeLstm, PeepholeLstmCell};
+pub use proj_lstm::{ProjLstm, ProjLstmCell};
 pub use recurrent::{Recurrent, RecurrentConfig, RunOptions, SeqOutput};
 pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};
