@@ -25,6 +25,7 @@ pub(crate) mod dropout;
 pub(crate) mod linalg;
 pub(crate) mod loss;
 pub(crate) mod reduce;
+pub(crate) mod scan;
 pub(crate) mod select;
 pub(crate) mod shape;
 pub(crate) mod unary;
@@ -61,6 +62,8 @@ pub(crate) enum Op<F> {
     Dropout(dropout::DropoutOp<F>),
     /// Elementwise select by a mask (`select.rs`).
     Select(select::SelectOp),
+    /// The linear recurrence over a whole sequence (`scan.rs`).
+    Scan(scan::ScanOp),
 }
 
 /// What a backward rule reads: input values, output value, output gradient.
@@ -155,6 +158,7 @@ impl<F: Real> Op<F> {
             Op::Loss(o) => o.name(),
             Op::Dropout(o) => o.name(),
             Op::Select(o) => o.name().into(),
+            Op::Scan(o) => o.name().into(),
         }
     }
 
@@ -170,6 +174,7 @@ impl<F: Real> Op<F> {
             Op::Loss(o) => o.backward(k, ctx, slot),
             Op::Dropout(o) => o.backward(k, ctx, slot),
             Op::Select(o) => o.backward(k, ctx, slot),
+            Op::Scan(o) => o.backward(k, ctx, slot),
         }
     }
 
@@ -182,6 +187,7 @@ impl<F: Real> Op<F> {
             Op::Unary(o, _) => o.reads_input(),
             Op::Linalg(o) => o.reads_input(k),
             Op::Loss(o) => o.reads_input(k),
+            Op::Scan(o) => o.reads_input(k),
             // Routed by shape alone, or by saved masks and indices.
             Op::Reduce(_) | Op::Shape(_) | Op::Dropout(_) | Op::Select(_) => false,
         }
@@ -196,6 +202,7 @@ impl<F: Real> Op<F> {
         match self {
             Op::Unary(o, _) => o.reads_output(),
             Op::Loss(o) => o.reads_output(),
+            Op::Scan(o) => o.reads_output(),
             Op::Leaf
             | Op::Param(_)
             | Op::Binary(_)
