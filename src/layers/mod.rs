@@ -16,6 +16,9 @@
 //!   variable lengths (`recurrent.rs`).
 //! - [`Rnn`], [`Lstm`], [`Gru`]: [`Recurrent`] with the built-in cells
 //!   [`RnnCell`], [`LstmCell`], [`GruCell`] (`rnn.rs`, `lstm.rs`, `gru.rs`).
+//! - [`MinGru`], [`MinLstm`]: the cells without recurrent weight of Feng et
+//!   al. 2024 (`mingru.rs`, `minlstm.rs`), run stepwise or over the whole
+//!   sequence as one scan node ([`ScanMode`], [`Cell::sequence`]).
 //! - [`State`], [`StateTensors`]: recurrent state on a tape and detached
 //!   between tapes (truncated BPTT: [`tbptt`]).
 
@@ -24,16 +27,20 @@ mod embedding;
 mod gru;
 mod linear;
 mod lstm;
+mod mingru;
+mod minlstm;
 mod recurrent;
 mod rnn;
 mod state;
 pub mod tbptt;
 
-pub use cell::{Cell, CellSpec, Init, ParamSpec, StateSpec, Step, StepPosition};
+pub use cell::{Cell, CellSpec, Init, ParamSpec, Sequence, StateSpec, Step, StepPosition};
 pub use embedding::Embedding;
 pub use gru::{Gru, GruCell};
 pub use linear::Linear;
 pub use lstm::{Lstm, LstmCell};
+pub use mingru::{MinGru, MinGruCell, ScanMode};
+pub use minlstm::{MinLstm, MinLstmCell};
 pub use recurrent::{Recurrent, RecurrentConfig, RunOptions, SeqOutput};
 pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};

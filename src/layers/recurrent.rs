@@ -20,7 +20,7 @@
 //! shorter sequences keep the state unchanged through `select`, so they
 //! change neither the final state nor any gradient.
 
-use super::cell::{Cell, CellSpec, Projected, Step, StepPosition, Weight};
+use super::cell::{Cell, CellSpec, Projected, Sequence, Step, StepPosition, Weight};
 use super::derive_seed;
 use super::state::State;
 use crate::error::{fail, Error, ErrorKind};
@@ -566,6 +566,9 @@ impl<C: Cell> Recurrent<C> {
             &self.params[l * self.cfg.directions() + d],
             batch >= REORDER_MIN_ROWS,
         );
+        if let Some(done) = self.run_sequence(tape, &bound, (l, d), input, &state, masks) {
+            return done;
+        }
         let zeros = masks.map(|_| tape.zeros(&[batch, self.spec().output_size]));
         // A cell that reads x(t) itself gets rows of the input seen as
         // [T·B × I] (one reshape per direction, then one slice per step).
@@ -625,6 +628,75 @@ impl<C: Cell> Recurrent<C> {
             .map(|o| o.expect("every step ran"))
             .collect();
         (outs, state)
+    }
+
+    /// One direction through [`Cell::sequence`] when the cell runs whole
+    /// sequences (`None` when it steps): its outputs split into steps,
+    /// padded steps zeroed, and everything it recorded released that no
+    /// backward rule reads.
+    fn run_sequence<'t, F: Real>(
+        &self,
+        tape: &'t Tape<F>,
+        bound: &Bound<'t, F>,
+        (l, d): (usize, usize),
+        input: Var<'t, F>,
+        state: &[Var<'t, F>],
+        masks: Option<&[Masks]>,
+    ) -> Option<(Vec<Var<'t, F>>, Vec<Var<'t, F>>)> {
+        let shape = input.shape();
+        let (steps, batch, width) = (shape[0], shape[1], self.spec().output_size);
+        let valid: Option<Vec<bool>> = masks.map(|m| mask_of(m, width).concat());
+        let projection = |x: Var<'t, F>| bound.w_ih.map(|w| project(w, bound.bias, x));
+        let seq = Sequence {
+            tape,
+            cell: self.cell.name(),
+            cfg: &self.cfg,
+            spec: &self.specs[l],
+            at: StepPosition {
+                layer: l,
+                reverse: d == 1,
+                t: 0,
+            },
+            steps,
+            batch,
+            x: input,
+            project: &projection,
+            xw: std::cell::OnceCell::new(),
+            valid: valid.as_deref(),
+            params: &bound.extra,
+        };
+        let mark = tape.len();
+        let (hs, last) = self.cell.sequence(&seq, state)?;
+        if hs.shape().as_slice() != [steps * batch, width] {
+            seq.misuse(
+                "returned outputs",
+                &format!(
+                    "shape {:?}, expected [{}, {width}] (T·B × O)",
+                    hs.shape().as_slice(),
+                    steps * batch
+                ),
+            );
+        }
+        let expected = 1 + self.spec().states.len();
+        if last.len() != expected
+            || (0..expected).any(|k| last[k].shape().as_slice() != [batch, self.width(k)])
+        {
+            let got: Vec<Vec<usize>> = last.iter().map(|v| v.shape().to_vec()).collect();
+            seq.misuse(
+                "returned state",
+                &format!("shapes {got:?}, the cell declared {expected} state tensors of [{batch}, width]"),
+            );
+        }
+        let rows = match &valid {
+            Some(v) => Var::select(v, hs, tape.zeros(&[steps * batch, width])),
+            None => hs,
+        };
+        let outs: Vec<Var<'t, F>> = (0..steps)
+            .map(|t| rows.slice(0, t * batch, batch))
+            .collect();
+        let keep: Vec<Var<'t, F>> = outs.iter().chain(&last).copied().collect();
+        tape.release_since(mark, &keep);
+        Some((outs, last))
     }
 
     /// Runs `cell.step` for one step, checks what it returns, and releases

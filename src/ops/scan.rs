@@ -211,7 +211,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// ```
     #[track_caller]
     pub fn linear_scan(a: Var<'t, F>, b: Var<'t, F>, h0: Option<Var<'t, F>>) -> Var<'t, F> {
-        Self::scan(a, b, h0, false)
+        Self::scan(a, b, h0, false, None)
     }
 
     /// [`Var::linear_scan`] backwards in time: `h(t) = a(t) ⊙ h(t+1) +
@@ -234,11 +234,31 @@ impl<'t, F: Real> Var<'t, F> {
     /// ```
     #[track_caller]
     pub fn linear_scan_reverse(a: Var<'t, F>, b: Var<'t, F>, h0: Option<Var<'t, F>>) -> Var<'t, F> {
-        Self::scan(a, b, h0, true)
+        Self::scan(a, b, h0, true, None)
+    }
+
+    /// The scan over `steps` blocks of rows: a and b are [T·B × …] (the
+    /// layout of a recurrent layer's projected input, rows ordered by time
+    /// then batch), h0 is [B × …], and so is each step.
+    #[track_caller]
+    pub(crate) fn linear_scan_rows(
+        a: Var<'t, F>,
+        b: Var<'t, F>,
+        h0: Var<'t, F>,
+        steps: usize,
+        reverse: bool,
+    ) -> Var<'t, F> {
+        Self::scan(a, b, Some(h0), reverse, Some(steps))
     }
 
     #[track_caller]
-    fn scan(a: Var<'t, F>, b: Var<'t, F>, h0: Option<Var<'t, F>>, reverse: bool) -> Var<'t, F> {
+    fn scan(
+        a: Var<'t, F>,
+        b: Var<'t, F>,
+        h0: Option<Var<'t, F>>,
+        reverse: bool,
+        blocks: Option<usize>,
+    ) -> Var<'t, F> {
         let mut inputs = vec![a, b];
         inputs.extend(h0);
         let name = if reverse {
@@ -255,14 +275,26 @@ impl<'t, F: Real> Var<'t, F> {
                     super::shapes(&x[..2])
                 ));
             }
-            let steps = ta.shape()[0];
+            let lead = ta.shape()[0];
+            let steps = blocks.unwrap_or(lead);
+            let rows = lead.checked_div(steps).unwrap_or(0);
+            if steps * rows != lead {
+                return bad(format!(
+                    "{lead} rows do not split into {steps} steps of equal size"
+                ));
+            }
             let n = ta.numel().checked_div(steps).unwrap_or(0);
             if let Some(h0) = x.get(2) {
-                if h0.shape() != &ta.shape()[1..] {
+                let mut step = ta.shape().to_vec();
+                if blocks.is_some() {
+                    step[0] = rows;
+                } else {
+                    step.remove(0);
+                }
+                if h0.shape() != step.as_slice() {
                     return bad(format!(
-                        "h0 of shape {:?} must be the shape of one step of a and b, {:?}",
+                        "h0 of shape {:?} must be the shape of one step of a and b, {step:?}",
                         h0.shape(),
-                        &ta.shape()[1..]
                     ));
                 }
             }
