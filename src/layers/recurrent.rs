@@ -631,9 +631,11 @@ impl<C: Cell> Recurrent<C> {
     }
 
     /// One direction through [`Cell::sequence`] when the cell runs whole
-    /// sequences (`None` when it steps): its outputs split into steps,
-    /// padded steps zeroed, and everything it recorded released that no
-    /// backward rule reads.
+    /// sequences (`None` when it steps), one chunk of steps at a time (the
+    /// projection chunks' size, so a chunk's values stay in cache; later
+    /// chunks first in a reverse direction), each chunk's outputs split
+    /// into steps, padded steps zeroed, and everything the cell recorded
+    /// released that no backward rule reads.
     fn run_sequence<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
@@ -645,28 +647,83 @@ impl<C: Cell> Recurrent<C> {
     ) -> Option<(Vec<Var<'t, F>>, Vec<Var<'t, F>>)> {
         let shape = input.shape();
         let (steps, batch, width) = (shape[0], shape[1], self.spec().output_size);
+        let per = self.chunk_steps(batch, steps);
         let valid: Option<Vec<bool>> = masks.map(|m| mask_of(m, width).concat());
         let projection = |x: Var<'t, F>| bound.w_ih.map(|w| project(w, bound.bias, x));
-        let seq = Sequence {
-            tape,
-            cell: self.cell.name(),
-            cfg: &self.cfg,
-            spec: &self.specs[l],
-            at: StepPosition {
-                layer: l,
-                reverse: d == 1,
-                t: 0,
-            },
-            steps,
-            batch,
-            x: input,
-            project: &projection,
-            xw: std::cell::OnceCell::new(),
-            valid: valid.as_deref(),
-            params: &bound.extra,
+        let starts: Vec<usize> = if d == 0 {
+            (0..steps).step_by(per).collect()
+        } else {
+            (0..steps).step_by(per).rev().collect()
         };
-        let mark = tape.len();
-        let (hs, last) = self.cell.sequence(&seq, state)?;
+        let mut outs = vec![None; steps];
+        let mut state = state.to_vec();
+        for t0 in starts {
+            let len = per.min(steps - t0);
+            let rows = batch * width;
+            let seq = Sequence {
+                tape,
+                cell: self.cell.name(),
+                cfg: &self.cfg,
+                spec: &self.specs[l],
+                at: StepPosition {
+                    layer: l,
+                    reverse: d == 1,
+                    t: t0,
+                },
+                steps: len,
+                batch,
+                x: if len == steps {
+                    input
+                } else {
+                    input.slice(0, t0, len)
+                },
+                project: &projection,
+                xw: std::cell::OnceCell::new(),
+                valid: valid.as_deref().map(|v| &v[t0 * rows..(t0 + len) * rows]),
+                params: &bound.extra,
+            };
+            let mark = tape.len();
+            let Some((hs, last)) = self.cell.sequence(&seq, &state) else {
+                // A stepping cell (asked at the first chunk, before it records anything).
+                if len < steps {
+                    seq.x.release();
+                }
+                return None;
+            };
+            self.check_sequence(&seq, hs, &last);
+            let hs = match &seq.valid {
+                Some(v) => Var::select(v, hs, tape.zeros(&[len * batch, width])),
+                None => hs,
+            };
+            // Release before splitting: `keep` stays short (release_since
+            // compares every node with every kept var).
+            let keep: Vec<Var<'t, F>> = std::iter::once(hs).chain(last.iter().copied()).collect();
+            tape.release_since(mark, &keep);
+            if len < steps {
+                seq.x.release();
+            }
+            for t in 0..len {
+                outs[t0 + t] = Some(hs.slice(0, t * batch, batch));
+            }
+            hs.release(); // read by no backward rule once split (unless the scan's own output)
+            state = last;
+        }
+        let outs = outs
+            .into_iter()
+            .map(|o| o.expect("every step ran"))
+            .collect();
+        Some((outs, state))
+    }
+
+    /// Refuses what a [`Cell::sequence`] returned unless it is outputs of
+    /// [T·B × O] and one state tensor of [B × width] per declared state.
+    fn check_sequence<F: Real>(
+        &self,
+        seq: &Sequence<'_, '_, F>,
+        hs: Var<'_, F>,
+        last: &[Var<'_, F>],
+    ) {
+        let (steps, batch, width) = (seq.steps, seq.batch, self.spec().output_size);
         if hs.shape().as_slice() != [steps * batch, width] {
             seq.misuse(
                 "returned outputs",
@@ -687,16 +744,6 @@ impl<C: Cell> Recurrent<C> {
                 &format!("shapes {got:?}, the cell declared {expected} state tensors of [{batch}, width]"),
             );
         }
-        let rows = match &valid {
-            Some(v) => Var::select(v, hs, tape.zeros(&[steps * batch, width])),
-            None => hs,
-        };
-        let outs: Vec<Var<'t, F>> = (0..steps)
-            .map(|t| rows.slice(0, t * batch, batch))
-            .collect();
-        let keep: Vec<Var<'t, F>> = outs.iter().chain(&last).copied().collect();
-        tape.release_since(mark, &keep);
-        Some((outs, last))
     }
 
     /// Runs `cell.step` for one step, checks what it returns, and releases
