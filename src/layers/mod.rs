@@ -41,7 +41,7 @@ pub use linear::Linear;
 pub use lstm::{Lstm, LstmCell};
 pub use mingru::{MinGru, MinGruCell, ScanMode};
 pub use minlstm::{MinLstm, MinLstmCell};
-pub use recurrent::{Recurrent, RecurrentConfig, RunOptions, SeqOutput};
+pub use recurrent::{LockedDropout, Recurrent, RecurrentConfig, RunOptions, SeqOutput};
 pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};
 

@@ -77,6 +77,16 @@ pub struct RecurrentConfig {
     /// Dropout probability on the outputs of every layer but the last
     /// (applied only when [`RunOptions::dropout_seed`] is set).
     pub dropout: f64,
+    /// Variational ("locked") dropout (AWD-LSTM): one mask per sequence,
+    /// the same at every step, on the input, between layers and on the top
+    /// layer's outputs (applied only when [`RunOptions::dropout_seed`] is
+    /// set).
+    pub locked_dropout: LockedDropout,
+    /// DropConnect on every `weight_hh` (AWD-LSTM's weight drop): one mask
+    /// on the weight per forward pass, shared by every step (applied only
+    /// when [`RunOptions::dropout_seed`] is set; not by the per-step API
+    /// [`Recurrent::step`], whose calls would each draw a new mask).
+    pub weight_drop: f64,
     /// Steps per hoisted input projection; `None` (the default) sizes the
     /// chunks to about 2¹⁸ projected elements, at least 512 rows. A memory
     /// knob: fewer steps keep less alive at once, more steps make fewer,
@@ -95,8 +105,34 @@ impl RecurrentConfig {
             nonlinearity: Nonlinearity::Tanh,
             bias: true,
             dropout: 0.0,
+            locked_dropout: LockedDropout::default(),
+            weight_drop: 0.0,
             projection_chunk: None,
         }
+    }
+
+    /// Locked dropout probabilities on the input, between layers and on
+    /// the outputs (see [`RecurrentConfig::locked_dropout`]).
+    ///
+    /// ```
+    /// use tapegrad::layers::RecurrentConfig;
+    /// let cfg = RecurrentConfig::new(8, 16).locked_dropout(0.1, 0.25, 0.4).weight_drop(0.5);
+    /// assert_eq!((cfg.locked_dropout.hidden, cfg.weight_drop), (0.25, 0.5));
+    /// ```
+    pub fn locked_dropout(mut self, input: f64, hidden: f64, output: f64) -> Self {
+        self.locked_dropout = LockedDropout {
+            input,
+            hidden,
+            output,
+        };
+        self
+    }
+
+    /// DropConnect probability on `weight_hh` (see
+    /// [`RecurrentConfig::weight_drop`]).
+    pub fn weight_drop(mut self, p: f64) -> Self {
+        self.weight_drop = p;
+        self
     }
 
     /// Sets the number of stacked layers.
@@ -150,6 +186,19 @@ impl RecurrentConfig {
             1
         }
     }
+}
+
+/// Variational ("locked") dropout probabilities of a recurrent layer
+/// (Gal & Ghahramani 2016; Merity et al. 2017): each draws one
+/// [B × features] mask per sequence and applies it at every step.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LockedDropout {
+    /// On the input x(t) of the first layer.
+    pub input: f64,
+    /// On the outputs of every layer but the last (the next layer's input).
+    pub hidden: f64,
+    /// On the top layer's outputs.
+    pub output: f64,
 }
 
 /// Per-call options of a recurrent forward pass.
@@ -357,6 +406,21 @@ impl<C: Cell> Recurrent<C> {
                 ),
             ));
         }
+        let ld = cfg.locked_dropout;
+        for (what, p) in [
+            ("locked_dropout.input", ld.input),
+            ("locked_dropout.hidden", ld.hidden),
+            ("locked_dropout.output", ld.output),
+            ("weight_drop", cfg.weight_drop),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                fail(Error::new(
+                    ErrorKind::InvalidArgument,
+                    &op,
+                    format!("{what} = {p} is not a probability in [0, 1)"),
+                ));
+            }
+        }
         let first = cell.spec(cfg.input_size, h);
         check_spec(&op, &first, h);
         let (g, gh, out) = (first.input_gates, first.recurrent_gates, first.output_size);
@@ -513,13 +577,25 @@ impl<C: Cell> Recurrent<C> {
         }
         let masks = opts.lengths.map(|lengths| self.masks(lengths, steps));
         let dirs = self.cfg.directions();
-        let mut input = x;
+        let ld = self.cfg.locked_dropout;
+        // Seeds of the regularisers: derive_seed(seed, l) for the dropout
+        // between layers, then these offsets.
+        const LOCKED: u64 = 1 << 20;
+        const WEIGHT: u64 = 1 << 21;
+        let mut input = match opts.dropout_seed {
+            Some(seed) => x.locked_dropout(ld.input, derive_seed(seed, LOCKED)),
+            None => x,
+        };
         let mut finals = Vec::with_capacity(self.params.len());
         let mut layer_out = Vec::new();
         for l in 0..self.cfg.num_layers {
             let mut by_dir = Vec::with_capacity(dirs);
             for d in 0..dirs {
                 let idx = l * dirs + d;
+                let weight_drop = opts
+                    .dropout_seed
+                    .filter(|_| self.cfg.weight_drop > 0.0)
+                    .map(|seed| (self.cfg.weight_drop, derive_seed(seed, WEIGHT + idx as u64)));
                 let (outs, last) = self.run_direction(
                     tape,
                     store,
@@ -527,6 +603,7 @@ impl<C: Cell> Recurrent<C> {
                     input,
                     state.entry(idx),
                     masks.as_deref(),
+                    weight_drop,
                 );
                 by_dir.push(outs);
                 finals.push(last);
@@ -537,6 +614,19 @@ impl<C: Cell> Recurrent<C> {
                 if let (Some(seed), true) = (opts.dropout_seed, self.cfg.dropout > 0.0) {
                     input = input.dropout(self.cfg.dropout, derive_seed(seed, l as u64));
                 }
+                if let Some(seed) = opts.dropout_seed {
+                    let seed = derive_seed(seed, LOCKED + 1 + l as u64);
+                    input = input.locked_dropout(ld.hidden, seed);
+                }
+            }
+        }
+        if let (Some(seed), true) = (opts.dropout_seed, ld.output > 0.0) {
+            let width = layer_out[0].shape()[1];
+            let mask =
+                crate::ops::dropout_mask(&[batch, width], ld.output, derive_seed(seed, LOCKED - 1));
+            let mask = tape.constant(mask);
+            for o in &mut layer_out {
+                *o = *o * mask;
             }
         }
         SeqOutput {
@@ -556,6 +646,7 @@ impl<C: Cell> Recurrent<C> {
         input: Var<'t, F>,
         mut state: Vec<Var<'t, F>>,
         masks: Option<&[Masks]>,
+        weight_drop: Option<(f64, u64)>,
     ) -> (Vec<Var<'t, F>>, Vec<Var<'t, F>>) {
         let shape = input.shape();
         let (steps, batch) = (shape[0], shape[1]);
@@ -565,6 +656,7 @@ impl<C: Cell> Recurrent<C> {
             store,
             &self.params[l * self.cfg.directions() + d],
             batch >= REORDER_MIN_ROWS,
+            weight_drop,
         );
         if let Some(done) = self.run_sequence(tape, &bound, (l, d), input, &state, masks) {
             return done;
@@ -854,7 +946,7 @@ impl<C: Cell> Recurrent<C> {
         for (l, p) in self.params.iter().enumerate() {
             let _scope = tape.scope(self.scope_name(l, 0));
             // One step: no reorder (it would copy the weights every step).
-            let bound = self.bind(tape, store, p, false);
+            let bound = self.bind(tape, store, p, false, None);
             let xw = bound.w_ih.map(|w| project(w, bound.bias, input));
             let window = xw.map(|xw| Projected {
                 chunk: xw,
@@ -883,17 +975,23 @@ impl<C: Cell> Recurrent<C> {
     /// transposes are one copy each per sequence, not per step), the input
     /// bias b = b_ih + b_hh (summed once as a [G·H] vector when the cell
     /// folds b_hh; b_ih alone otherwise), the b_hh a step adds itself, and
-    /// the cell's further parameters.
+    /// the cell's further parameters. With `weight_drop` = (p, seed),
+    /// W_hh is dropped out (DropConnect) before it is reordered: one mask
+    /// for every step of the sequence.
     fn bind<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
         store: &ParamStore<F>,
         p: &DirParams,
         reorder: bool,
+        weight_drop: Option<(f64, u64)>,
     ) -> Bound<'t, F> {
         let bind = |k: ParamKey| tape.param(store, k);
         let w_ih = p.w_ih.map(bind);
-        let w_hh = p.w_hh.map(bind);
+        let w_hh = p.w_hh.map(bind).map(|w| match weight_drop {
+            Some((p, seed)) => w.dropout(p, seed),
+            None => w,
+        });
         let b_ih = p.b_ih.map(bind);
         let b_hh = p.b_hh.map(bind);
         let (folded, step_b_hh) = if self.folds_hidden_bias() {

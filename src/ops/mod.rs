@@ -30,6 +30,7 @@ pub(crate) mod select;
 pub(crate) mod shape;
 pub(crate) mod unary;
 
+pub use dropout::dropout_mask;
 pub(crate) use linalg::sweep::{CheckGrad, WeightGrads};
 pub use loss::Reduction;
 
