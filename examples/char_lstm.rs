@@ -58,6 +58,9 @@ usage: cargo run --release --example char_lstm -- [options]
   --optimizer NAME      adam | adamw | sgd | adagrad | rmsprop [adam]
   --clip X              clip the global gradient norm to X (0 = off) [1]
   --dropout P           dropout on embeddings, between and after layers [0]
+  --locked-dropout P    AWD-LSTM: one mask per sequence on embeddings, between and after layers [0]
+  --weight-drop P       AWD-LSTM: DropConnect on every weight_hh, one mask per step [0]
+  --embed-dropout P     AWD-LSTM: drop whole characters' embedding rows [0]
   --seed N              initialisation and dropout seed [1]
   --threads N           GEMM threads (0 = all cores) [1: at this size a second thread measured 4% slower]
   --workers N           data-parallel workers: the streams split into N shards, one tape and
@@ -93,6 +96,9 @@ struct Args {
     optimizer: String,
     clip: f64,
     dropout: f64,
+    locked_dropout: f64,
+    weight_drop: f64,
+    embed_dropout: f64,
     seed: u64,
     threads: usize,
     workers: usize,
@@ -124,6 +130,9 @@ impl Default for Args {
             optimizer: "adam".into(),
             clip: 1.0,
             dropout: 0.0,
+            locked_dropout: 0.0,
+            weight_drop: 0.0,
+            embed_dropout: 0.0,
             seed: 1,
             threads: 1,
             workers: 1,
@@ -169,6 +178,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--optimizer" => a.optimizer = v,
             "--clip" => a.clip = num(&flag, &v)?,
             "--dropout" => a.dropout = num(&flag, &v)?,
+            "--locked-dropout" => a.locked_dropout = num(&flag, &v)?,
+            "--weight-drop" => a.weight_drop = num(&flag, &v)?,
+            "--embed-dropout" => a.embed_dropout = num(&flag, &v)?,
             "--seed" => a.seed = num(&flag, &v)?,
             "--threads" => a.threads = num(&flag, &v)?,
             "--workers" => a.workers = num(&flag, &v)?,
@@ -194,8 +206,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             a.workers, a.batch
         ));
     }
-    if !(0.0..1.0).contains(&a.dropout) {
-        return Err(format!("--dropout {} is not in [0, 1)", a.dropout));
+    for (flag, p) in [
+        ("--dropout", a.dropout),
+        ("--locked-dropout", a.locked_dropout),
+        ("--weight-drop", a.weight_drop),
+        ("--embed-dropout", a.embed_dropout),
+    ] {
+        if !(0.0..1.0).contains(&p) {
+            return Err(format!("{flag} {p} is not in [0, 1)"));
+        }
     }
     if !CELLS.contains(&a.cell.as_str()) {
         return Err(format!(
@@ -593,7 +612,8 @@ fn train<K: Cell + Clone, C: Collective>(
                 .embed_size(args.embed)
                 .hidden_size(args.hidden)
                 .layers(args.layers)
-                .dropout(args.dropout);
+                .dropout(args.dropout)
+                .awd(args.locked_dropout, args.weight_drop, args.embed_dropout);
             let model =
                 CharModel::<f32, K>::try_with_cell(cell, Vocab::from_text(&text), cfg, args.seed)
                     .map_err(|e| format!("corpus `{}`: {}", args.corpus.display(), e.message()))?;
@@ -1068,6 +1088,15 @@ mod tests {
             (&["--temperature", "-0.5"], "--temperature -0.5 must be"),
             (&["--prompt", ""], "--prompt must"),
             (&["--dropout", "1.5"], "--dropout 1.5 is not in [0, 1)"),
+            (&["--weight-drop", "1"], "--weight-drop 1 is not in [0, 1)"),
+            (
+                &["--locked-dropout", "-0.1"],
+                "--locked-dropout -0.1 is not in [0, 1)",
+            ),
+            (
+                &["--embed-dropout", "2"],
+                "--embed-dropout 2 is not in [0, 1)",
+            ),
         ] {
             let err = parse(flags).unwrap_err();
             assert!(err.contains(needle), "{flags:?}: {err}");
@@ -1109,6 +1138,42 @@ mod tests {
                 "{cell}"
             );
         }
+    }
+
+    #[test]
+    fn the_awd_regularisers_train_and_are_kept_in_the_checkpoint() {
+        let dir = scratch("awd");
+        let flags = [
+            "--locked-dropout",
+            "0.3",
+            "--weight-drop",
+            "0.5",
+            "--embed-dropout",
+            "0.1",
+        ];
+        let parsed = parse(&flags).unwrap();
+        assert_eq!(
+            (
+                parsed.locked_dropout,
+                parsed.weight_drop,
+                parsed.embed_dropout
+            ),
+            (0.3, 0.5, 0.1)
+        );
+        let args = Args {
+            locked_dropout: 0.3,
+            weight_drop: 0.5,
+            embed_dropout: 0.1,
+            ..tiny(&dir, &TEXT.repeat(4))
+        };
+        assert_eq!(run_solo(&args).unwrap().trained, 4);
+        let (model, _) =
+            CharModel::<f32>::load(args.out.join("checkpoint.safetensors"), None).unwrap();
+        let c = model.config();
+        assert_eq!(
+            (c.locked_dropout, c.weight_drop, c.embed_dropout),
+            (0.3, 0.5, 0.1)
+        );
     }
 
     #[test]

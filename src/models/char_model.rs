@@ -34,6 +34,14 @@ pub struct CharModelConfig {
     /// Dropout probability on the embeddings, between the LSTM layers and
     /// on the top layer's outputs, in training steps only.
     pub dropout: f64,
+    /// AWD-LSTM's regularisers (Merity et al. 2017), in training steps
+    /// only: locked (variational) dropout on the embeddings, between the
+    /// layers and on the top layer's outputs, one mask per sequence.
+    pub locked_dropout: f64,
+    /// DropConnect on every `weight_hh`, one mask per training step.
+    pub weight_drop: f64,
+    /// Embedding dropout: whole characters' rows of the encoder dropped.
+    pub embed_dropout: f64,
 }
 
 impl Default for CharModelConfig {
@@ -44,6 +52,9 @@ impl Default for CharModelConfig {
             hidden_size: 256,
             num_layers: 2,
             dropout: 0.0,
+            locked_dropout: 0.0,
+            weight_drop: 0.0,
+            embed_dropout: 0.0,
         }
     }
 }
@@ -72,6 +83,21 @@ impl CharModelConfig {
         self.dropout = p;
         self
     }
+
+    /// Sets AWD-LSTM's regularisers: locked dropout, weight drop on
+    /// `weight_hh`, embedding dropout.
+    ///
+    /// ```
+    /// use tapegrad::models::CharModelConfig;
+    /// let cfg = CharModelConfig::default().awd(0.3, 0.5, 0.1);
+    /// assert_eq!((cfg.locked_dropout, cfg.weight_drop, cfg.embed_dropout), (0.3, 0.5, 0.1));
+    /// ```
+    pub fn awd(mut self, locked_dropout: f64, weight_drop: f64, embed_dropout: f64) -> Self {
+        self.locked_dropout = locked_dropout;
+        self.weight_drop = weight_drop;
+        self.embed_dropout = embed_dropout;
+        self
+    }
 }
 
 /// What one training step reports.
@@ -90,6 +116,12 @@ const META_EMBED: &str = "char_model.embed_size";
 const META_HIDDEN: &str = "char_model.hidden_size";
 const META_LAYERS: &str = "char_model.num_layers";
 const META_DROPOUT: &str = "char_model.dropout";
+/// AWD-LSTM's regularisers; absent (0) in older checkpoints.
+const META_AWD: [&str; 3] = [
+    "char_model.locked_dropout",
+    "char_model.weight_drop",
+    "char_model.embed_dropout",
+];
 /// The cell's name; absent in checkpoints written before the model was
 /// generic over its cell, which were all LSTMs.
 const META_CELL: &str = "char_model.cell";
@@ -275,11 +307,17 @@ impl<F: Real, C: Cell> CharModel<F, C> {
         if config.embed_size == 0 || config.hidden_size == 0 || config.num_layers == 0 {
             return Err(invalid(format!("every size must be > 0, got {config:?}")));
         }
-        if !(0.0..1.0).contains(&config.dropout) {
-            return Err(invalid(format!(
-                "the dropout probability {} is not in [0, 1)",
-                config.dropout
-            )));
+        for (what, p) in [
+            ("dropout", config.dropout),
+            ("locked dropout", config.locked_dropout),
+            ("weight drop", config.weight_drop),
+            ("embedding dropout", config.embed_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(invalid(format!(
+                    "the {what} probability {p} is not in [0, 1)"
+                )));
+            }
         }
         let v = vocab.len();
         let mut store = ParamStore::new();
@@ -291,7 +329,13 @@ impl<F: Real, C: Cell> CharModel<F, C> {
             &name,
             RecurrentConfig::new(config.embed_size, config.hidden_size)
                 .layers(config.num_layers)
-                .dropout(config.dropout),
+                .dropout(config.dropout)
+                .locked_dropout(
+                    config.locked_dropout,
+                    config.locked_dropout,
+                    config.locked_dropout,
+                )
+                .weight_drop(config.weight_drop),
             derive_seed(seed, 1),
         );
         let decoder = Linear::new(
@@ -389,11 +433,21 @@ impl<F: Real, C: Cell> CharModel<F, C> {
             _ => v,
         };
         let init = state.bind(tape);
-        let e = drop(self.encoder.forward(tape, &self.store, inputs), 1_000);
+        let e = match dropout_seed {
+            Some(seed) => self.encoder.forward_dropout(
+                tape,
+                &self.store,
+                inputs,
+                self.config.embed_dropout,
+                derive_seed(seed, 1_002),
+            ),
+            None => self.encoder.forward(tape, &self.store, inputs),
+        };
+        let e = drop(e, 1_000);
         let x = e.reshape(&[steps, batch, self.config.embed_size]);
         let opts = RunOptions {
             lengths: None,
-            dropout_seed: dropout_seed.filter(|_| p > 0.0),
+            dropout_seed,
         };
         let out = self
             .rnn
@@ -682,6 +736,9 @@ impl<F: Real, C: Cell> CharModel<F, C> {
             (META_HIDDEN.to_string(), c.hidden_size.to_string()),
             (META_LAYERS.to_string(), c.num_layers.to_string()),
             (META_DROPOUT.to_string(), format!("{:?}", c.dropout)),
+            (META_AWD[0].to_string(), format!("{:?}", c.locked_dropout)),
+            (META_AWD[1].to_string(), format!("{:?}", c.weight_drop)),
+            (META_AWD[2].to_string(), format!("{:?}", c.embed_dropout)),
             (META_CELL.to_string(), self.cell_name().to_string()),
         ])
     }
@@ -833,26 +890,32 @@ impl<F: Real, C: Cell> CharModel<F, C> {
                 )
             })
         };
-        let dropout_s = get(META_DROPOUT)?;
-        let dropout = dropout_s
-            .parse::<f64>()
-            .ok()
-            .filter(|p| (0.0..1.0).contains(p))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Format,
-                    "CharModel::load",
-                    format!(
-                        "metadata `{META_DROPOUT}` is `{dropout_s}`, not a probability in [0, 1)"
-                    ),
-                )
-            })?;
+        let probability = |k: &str, s: &str| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..1.0).contains(p))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Format,
+                        "CharModel::load",
+                        format!("metadata `{k}` is `{s}`, not a probability in [0, 1)"),
+                    )
+                })
+        };
+        let dropout = probability(META_DROPOUT, get(META_DROPOUT)?)?;
+        let awd = |i: usize| match meta.get(META_AWD[i]) {
+            Some(s) => probability(META_AWD[i], s),
+            None => Ok(0.0),
+        };
         let vocab = Vocab::from_string(get(META_VOCAB)?)?;
         let config = CharModelConfig {
             embed_size: size(META_EMBED)?,
             hidden_size: size(META_HIDDEN)?,
             num_layers: size(META_LAYERS)?,
             dropout,
+            locked_dropout: awd(0)?,
+            weight_drop: awd(1)?,
+            embed_dropout: awd(2)?,
         };
         let needed = num_params(&cell, vocab.len(), &config);
         if needed.is_none_or(|n| n > file_len / 4) {
