@@ -354,6 +354,9 @@ fn project<'t, F: Real>(
     }
 }
 
+/// One direction's outputs h(t) in time order and its final state.
+type Direction<'t, F> = (Vec<Var<'t, F>>, Vec<Var<'t, F>>);
+
 /// Per-step validity masks of one state width: `masks[t]` is [B×width].
 struct Masks {
     width: usize,
@@ -638,6 +641,7 @@ impl<C: Cell> Recurrent<C> {
     /// One direction of layer `l` over the whole sequence `input`
     /// [T×B×In] from `state` (h first, then the further states): the outputs
     /// h(t) in time order and the final state.
+    #[allow(clippy::too_many_arguments)]
     fn run_direction<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
@@ -736,7 +740,7 @@ impl<C: Cell> Recurrent<C> {
         input: Var<'t, F>,
         state: &[Var<'t, F>],
         masks: Option<&[Masks]>,
-    ) -> Option<(Vec<Var<'t, F>>, Vec<Var<'t, F>>)> {
+    ) -> Option<Direction<'t, F>> {
         let shape = input.shape();
         let (steps, batch, width) = (shape[0], shape[1], self.spec().output_size);
         let per = self.chunk_steps(batch, steps);
