@@ -4,7 +4,7 @@
 //!
 //! - `scan/{stepwise,parallel}/{T=1k,T=10k}`: a minGRU layer (B = 8,
 //!   I = 32, H = 64) over T steps, forward, `Σ h(t)`, backward to every
-//!   parameter — stepwise (`MinGruCell::sequential()`: one cell step of
+//!   parameter; `…/T=10k,B=1,H=16` the same, narrow — stepwise (`MinGruCell::sequential()`: one cell step of
 //!   four elementwise nodes per time step) vs parallel
 //!   (`MinGruCell::parallel()`: all gates for all steps at once, then one
 //!   `linear_scan` node).
@@ -34,8 +34,12 @@ use sizes::{Config, CONFIGS};
 fn scan(cr: &mut Criterion) {
     tapegrad::set_num_threads(1);
     let mut group = cr.benchmark_group("scan");
-    let (b, i, h) = (8, 32, 64);
-    for (label, t) in [("T=1k", 1_000), ("T=10k", 10_000)] {
+    let i = 32;
+    for (label, t, b, h) in [
+        ("T=1k", 1_000, 8, 64),
+        ("T=10k", 10_000, 8, 64),
+        ("T=10k,B=1,H=16", 10_000, 1, 16),
+    ] {
         if t == 10_000 {
             group
                 .sample_size(10)

@@ -98,7 +98,7 @@ fn run<C: Cell>(cell: C, c: &Case) -> Vec<Vec<f64>> {
         dropout_seed: None,
     };
     let out = layer.forward_with(&tape, &store, x, c.with_init.then_some(&init), opts);
-    let ys = out.stacked();
+    let ys = out.stacked_rows(); // one var in parallel mode, a concat of steps when stepping
     let hn = Var::stack(&out.state.h, 0);
     let r = tape.constant(Tensor::randn(&ys.shape(), c.seed + 100));
     let s = tape.constant(Tensor::randn(&hn.shape(), c.seed + 101));

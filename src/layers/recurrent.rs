@@ -227,6 +227,9 @@ pub struct SeqOutput<'t, F: Real> {
     pub outputs: Vec<Var<'t, F>>,
     /// The final state of every layer and direction (PyTorch's h_n, c_n).
     pub state: State<'t, F>,
+    /// The outputs as one [T·B × O] var when a whole-sequence cell
+    /// ([`Cell::sequence`]) made them so (unidirectional top layer).
+    rows: Option<Var<'t, F>>,
 }
 
 impl<'t, F: Real> SeqOutput<'t, F> {
@@ -237,7 +240,10 @@ impl<'t, F: Real> SeqOutput<'t, F> {
     /// If there are no steps.
     pub fn stacked_rows(&self) -> Var<'t, F> {
         assert!(!self.outputs.is_empty(), "stacked_rows: no time steps");
-        Var::concat(&self.outputs, 0)
+        match self.rows {
+            Some(rows) => rows,
+            None => Var::concat(&self.outputs, 0),
+        }
     }
 
     /// All outputs as one [T × B × D·H] var.
@@ -354,8 +360,13 @@ fn project<'t, F: Real>(
     }
 }
 
-/// One direction's outputs h(t) in time order and its final state.
-type Direction<'t, F> = (Vec<Var<'t, F>>, Vec<Var<'t, F>>);
+/// One direction's outputs h(t) in time order, its final state, and, from
+/// a cell that ran whole sequences, the outputs as one [T·B × O] var.
+struct Direction<'t, F: Real> {
+    outs: Vec<Var<'t, F>>,
+    last: Vec<Var<'t, F>>,
+    rows: Option<Var<'t, F>>,
+}
 
 /// Per-step validity masks of one state width: `masks[t]` is [B×width].
 struct Masks {
@@ -576,6 +587,7 @@ impl<C: Cell> Recurrent<C> {
             return SeqOutput {
                 outputs: Vec::new(),
                 state,
+                rows: None,
             };
         }
         let masks = opts.lengths.map(|lengths| self.masks(lengths, steps));
@@ -591,6 +603,7 @@ impl<C: Cell> Recurrent<C> {
         };
         let mut finals = Vec::with_capacity(self.params.len());
         let mut layer_out = Vec::new();
+        let mut rows = None;
         for l in 0..self.cfg.num_layers {
             let mut by_dir = Vec::with_capacity(dirs);
             for d in 0..dirs {
@@ -599,7 +612,7 @@ impl<C: Cell> Recurrent<C> {
                     .dropout_seed
                     .filter(|_| self.cfg.weight_drop > 0.0)
                     .map(|seed| (self.cfg.weight_drop, derive_seed(seed, WEIGHT + idx as u64)));
-                let (outs, last) = self.run_direction(
+                let dir = self.run_direction(
                     tape,
                     store,
                     (l, d),
@@ -608,8 +621,9 @@ impl<C: Cell> Recurrent<C> {
                     masks.as_deref(),
                     weight_drop,
                 );
-                by_dir.push(outs);
-                finals.push(last);
+                by_dir.push(dir.outs);
+                finals.push(dir.last);
+                rows = dir.rows.filter(|_| dirs == 1);
             }
             layer_out = self.join_directions(tape, l, by_dir);
             if l + 1 < self.cfg.num_layers {
@@ -631,10 +645,12 @@ impl<C: Cell> Recurrent<C> {
             for o in &mut layer_out {
                 *o = *o * mask;
             }
+            rows = None;
         }
         SeqOutput {
             outputs: layer_out,
             state: State::from_entries(finals),
+            rows,
         }
     }
 
@@ -651,7 +667,7 @@ impl<C: Cell> Recurrent<C> {
         mut state: Vec<Var<'t, F>>,
         masks: Option<&[Masks]>,
         weight_drop: Option<(f64, u64)>,
-    ) -> (Vec<Var<'t, F>>, Vec<Var<'t, F>>) {
+    ) -> Direction<'t, F> {
         let shape = input.shape();
         let (steps, batch) = (shape[0], shape[1]);
         let _scope = tape.scope(self.scope_name(l, d));
@@ -723,7 +739,11 @@ impl<C: Cell> Recurrent<C> {
             .into_iter()
             .map(|o| o.expect("every step ran"))
             .collect();
-        (outs, state)
+        Direction {
+            outs,
+            last: state,
+            rows: None,
+        }
     }
 
     /// One direction through [`Cell::sequence`] when the cell runs whole
@@ -752,6 +772,7 @@ impl<C: Cell> Recurrent<C> {
             (0..steps).step_by(per).rev().collect()
         };
         let mut outs = vec![None; steps];
+        let mut chunks = Vec::new();
         let mut state = state.to_vec();
         for t0 in starts {
             let len = per.min(steps - t0);
@@ -801,14 +822,25 @@ impl<C: Cell> Recurrent<C> {
             for t in 0..len {
                 outs[t0 + t] = Some(hs.slice(0, t * batch, batch));
             }
-            hs.release(); // read by no backward rule once split (unless the scan's own output)
+            chunks.push((t0, hs));
             state = last;
         }
         let outs = outs
             .into_iter()
             .map(|o| o.expect("every step ran"))
             .collect();
-        Some((outs, state))
+        // The chunks' outputs as one var, for `SeqOutput::stacked_rows`
+        // without T slices and a concat in the backward pass.
+        chunks.sort_by_key(|&(t0, _)| t0);
+        let rows = match chunks.as_slice() {
+            [(_, only)] => *only,
+            many => Var::concat(&many.iter().map(|&(_, v)| v).collect::<Vec<_>>(), 0),
+        };
+        Some(Direction {
+            outs,
+            last: state,
+            rows: Some(rows),
+        })
     }
 
     /// Refuses what a [`Cell::sequence`] returned unless it is outputs of
