@@ -1,4 +1,5 @@
-//! The main job: train a stacked character-level LSTM language model on the
+//! The main job: train a stacked character-level LSTM language model (or
+//! one of another cell, `--cell`) on the
 //! bundled corpus (the King James Version, Genesis to Deuteronomy), with a
 //! progress bar, sampled text every so often, a held-out validation split
 //! reported in bits per character, checkpoints you can resume from, and the
@@ -33,6 +34,7 @@ use tapegrad::checkpoint;
 use tapegrad::distributed::{
     check_params_equal, fingerprint, rank_streams, Collective, Timed, WorldDescription,
 };
+use tapegrad::layers::{Cell, GruCell, LstmCell, MinGruCell, MinLstmCell, RnnCell};
 use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Sampling, Vocab};
 use tapegrad::optim::{Adagrad, Adam, LrSchedule, Optimizer, RmsProp, Sgd};
 use tapegrad::parallel::DataParallel;
@@ -44,6 +46,7 @@ Train a character-level LSTM language model.
 usage: cargo run --release --example char_lstm -- [options]
 
   --corpus PATH         text to learn [data/kjv-genesis-deuteronomy.txt]
+  --cell NAME           recurrent cell: lstm | gru | rnn (tanh) | mingru | minlstm [lstm]
   --hidden N            LSTM hidden size [256]
   --embed N             character embedding size [64]
   --layers N            stacked LSTM layers [2]
@@ -55,6 +58,9 @@ usage: cargo run --release --example char_lstm -- [options]
   --optimizer NAME      adam | adamw | sgd | adagrad | rmsprop [adam]
   --clip X              clip the global gradient norm to X (0 = off) [1]
   --dropout P           dropout on embeddings, between and after layers [0]
+  --locked-dropout P    AWD-LSTM: one mask per sequence on embeddings, between and after layers [0]
+  --weight-drop P       AWD-LSTM: DropConnect on every weight_hh, one mask per step [0]
+  --embed-dropout P     AWD-LSTM: drop whole characters' embedding rows [0]
   --seed N              initialisation and dropout seed [1]
   --threads N           GEMM threads (0 = all cores) [1: at this size a second thread measured 4% slower]
   --workers N           data-parallel workers: the streams split into N shards, one tape and
@@ -78,6 +84,7 @@ gradients all-reduced every step; rank 0 reads --resume, prints and writes the f
 #[derive(Debug, Clone)]
 struct Args {
     corpus: PathBuf,
+    cell: String,
     hidden: usize,
     embed: usize,
     layers: usize,
@@ -89,6 +96,9 @@ struct Args {
     optimizer: String,
     clip: f64,
     dropout: f64,
+    locked_dropout: f64,
+    weight_drop: f64,
+    embed_dropout: f64,
     seed: u64,
     threads: usize,
     workers: usize,
@@ -108,6 +118,7 @@ impl Default for Args {
     fn default() -> Self {
         Args {
             corpus: "data/kjv-genesis-deuteronomy.txt".into(),
+            cell: "lstm".into(),
             hidden: 256,
             embed: 64,
             layers: 2,
@@ -119,6 +130,9 @@ impl Default for Args {
             optimizer: "adam".into(),
             clip: 1.0,
             dropout: 0.0,
+            locked_dropout: 0.0,
+            weight_drop: 0.0,
+            embed_dropout: 0.0,
             seed: 1,
             threads: 1,
             workers: 1,
@@ -152,6 +166,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
         match flag.as_str() {
             "--corpus" => a.corpus = v.into(),
+            "--cell" => a.cell = v,
             "--hidden" => a.hidden = num(&flag, &v)?,
             "--embed" => a.embed = num(&flag, &v)?,
             "--layers" => a.layers = num(&flag, &v)?,
@@ -163,6 +178,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--optimizer" => a.optimizer = v,
             "--clip" => a.clip = num(&flag, &v)?,
             "--dropout" => a.dropout = num(&flag, &v)?,
+            "--locked-dropout" => a.locked_dropout = num(&flag, &v)?,
+            "--weight-drop" => a.weight_drop = num(&flag, &v)?,
+            "--embed-dropout" => a.embed_dropout = num(&flag, &v)?,
             "--seed" => a.seed = num(&flag, &v)?,
             "--threads" => a.threads = num(&flag, &v)?,
             "--workers" => a.workers = num(&flag, &v)?,
@@ -188,8 +206,22 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             a.workers, a.batch
         ));
     }
-    if !(0.0..1.0).contains(&a.dropout) {
-        return Err(format!("--dropout {} is not in [0, 1)", a.dropout));
+    for (flag, p) in [
+        ("--dropout", a.dropout),
+        ("--locked-dropout", a.locked_dropout),
+        ("--weight-drop", a.weight_drop),
+        ("--embed-dropout", a.embed_dropout),
+    ] {
+        if !(0.0..1.0).contains(&p) {
+            return Err(format!("{flag} {p} is not in [0, 1)"));
+        }
+    }
+    if !CELLS.contains(&a.cell.as_str()) {
+        return Err(format!(
+            "unknown cell `{}` (--cell {})",
+            a.cell,
+            CELLS.join(" | ")
+        ));
     }
     if !(0.0..0.5).contains(&a.val_fraction) {
         return Err(format!(
@@ -514,7 +546,26 @@ struct Report {
     written: Vec<PathBuf>,
 }
 
+/// The cells `--cell` names, in `--help`'s order.
+const CELLS: [&str; 5] = ["lstm", "gru", "rnn", "mingru", "minlstm"];
+
+/// The run with the cell `--cell` names: one arm per cell.
 fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn std::error::Error>> {
+    match args.cell.as_str() {
+        "lstm" => train(LstmCell, args, world),
+        "gru" => train(GruCell, args, world),
+        "rnn" => train(RnnCell, args, world),
+        "mingru" => train(MinGruCell::parallel(), args, world),
+        "minlstm" => train(MinLstmCell::parallel(), args, world),
+        other => Err(format!("unknown cell `{other}` (--cell {})", CELLS.join(" | ")).into()),
+    }
+}
+
+fn train<K: Cell + Clone, C: Collective>(
+    cell: K,
+    args: &Args,
+    world: &Timed<C>,
+) -> Result<Report, Box<dyn std::error::Error>> {
     let root = world.rank() == 0;
     tapegrad::set_num_threads(args.threads);
     let text = std::fs::read_to_string(&args.corpus)
@@ -542,7 +593,8 @@ fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn s
             })?;
             let mut opt = make_optimizer(&kind, args.lr)?;
             let (model, info) =
-                CharModel::<f32>::from_bytes(&bytes, Some(opt.as_mut())).map_err(in_file)?;
+                CharModel::<f32, K>::from_bytes_with(cell.clone(), &bytes, Some(opt.as_mut()))
+                    .map_err(in_file)?;
             check_resume_vocab(path, model.vocab(), &text)?;
             if root {
                 println!(
@@ -560,9 +612,11 @@ fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn s
                 .embed_size(args.embed)
                 .hidden_size(args.hidden)
                 .layers(args.layers)
-                .dropout(args.dropout);
-            let model = CharModel::<f32>::try_new(Vocab::from_text(&text), cfg, args.seed)
-                .map_err(|e| format!("corpus `{}`: {}", args.corpus.display(), e.message()))?;
+                .dropout(args.dropout)
+                .awd(args.locked_dropout, args.weight_drop, args.embed_dropout);
+            let model =
+                CharModel::<f32, K>::try_with_cell(cell, Vocab::from_text(&text), cfg, args.seed)
+                    .map_err(|e| format!("corpus `{}`: {}", args.corpus.display(), e.message()))?;
             (
                 model,
                 make_optimizer(&args.optimizer, args.lr)?,
@@ -638,10 +692,11 @@ fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn s
             n_val
         );
         println!(
-        "model: Embedding({}, {}) → LSTM({} layers × {}) → Linear({}, {}): {} parameters; {} × {} characters per step, \
+        "model: Embedding({}, {}) → {}({} layers × {}) → Linear({}, {}): {} parameters; {} × {} characters per step, \
          {chunks} steps per epoch; {} lr {} (warm-up {}, cosine to lr/10), clip {}; GEMM threads: {}; workers: {}",
         model.vocab().len(),
         cfg.embed_size,
+        model.cell_name(),
         cfg.num_layers,
         cfg.hidden_size,
         cfg.hidden_size,
@@ -674,11 +729,11 @@ fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn s
         seed: args.seed,
     };
     let bpc = |nats: f64| nats / std::f64::consts::LN_2;
-    let evaluate = |model: &CharModel<f32>| {
+    let evaluate = |model: &CharModel<f32, K>| {
         val.as_ref()
             .map(|v| bpc(model.evaluate_distributed(world, v, 128)))
     };
-    let save = |model: &CharModel<f32>,
+    let save = |model: &CharModel<f32, K>,
                 opt: &dyn Optimizer<f32>,
                 step: u64,
                 curves: &Curves,
@@ -856,8 +911,13 @@ fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn s
     curves.write_csv(&args.out.join("loss.csv"))?;
     report.written.push(args.out.join("loss.csv"));
     let title = format!(
-        "char_lstm: {}-layer LSTM({}), {} steps of {}×{} characters",
-        cfg.num_layers, cfg.hidden_size, args.steps, args.batch, args.seq_len
+        "char_lstm: {}-layer {}({}), {} steps of {}×{} characters",
+        cfg.num_layers,
+        model.cell_name(),
+        cfg.hidden_size,
+        args.steps,
+        args.batch,
+        args.seq_len
     );
     let fig = args.out.join("loss.svg");
     let train_label = format!("train (mean over every {log_every} steps)");
@@ -1028,12 +1088,120 @@ mod tests {
             (&["--temperature", "-0.5"], "--temperature -0.5 must be"),
             (&["--prompt", ""], "--prompt must"),
             (&["--dropout", "1.5"], "--dropout 1.5 is not in [0, 1)"),
+            (&["--weight-drop", "1"], "--weight-drop 1 is not in [0, 1)"),
+            (
+                &["--locked-dropout", "-0.1"],
+                "--locked-dropout -0.1 is not in [0, 1)",
+            ),
+            (
+                &["--embed-dropout", "2"],
+                "--embed-dropout 2 is not in [0, 1)",
+            ),
         ] {
             let err = parse(flags).unwrap_err();
             assert!(err.contains(needle), "{flags:?}: {err}");
         }
         let ok = parse(&["--lr", "0.01", "--clip", "0", "--temperature", "0"]).unwrap();
         assert_eq!((ok.lr, ok.clip, ok.temperature), (0.01, 0.0, 0.0));
+    }
+
+    #[test]
+    fn the_cell_flag_takes_each_cell_and_refuses_others() {
+        assert_eq!(parse(&[]).unwrap().cell, "lstm");
+        for cell in CELLS {
+            assert_eq!(parse(&["--cell", cell]).unwrap().cell, cell);
+        }
+        let err = parse(&["--cell", "transformer"]).unwrap_err();
+        assert!(
+            err.contains("unknown cell `transformer`") && err.contains("mingru"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_cell_trains_a_tiny_model_and_saves_it_under_its_name() {
+        for cell in CELLS {
+            let dir = scratch(&format!("cell-{cell}"));
+            let args = Args {
+                cell: cell.into(),
+                ..tiny(&dir, &TEXT.repeat(4))
+            };
+            let report = run_solo(&args).unwrap();
+            assert_eq!(report.trained, 4, "{cell}");
+            let ckpt = args.out.join("checkpoint.safetensors");
+            let info = checkpoint::inspect_file(&ckpt).unwrap();
+            assert_eq!(info.metadata["char_model.cell"], cell);
+            assert!(
+                info.tensors
+                    .iter()
+                    .any(|t| t.name == format!("{cell}.weight_ih_l0")),
+                "{cell}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_awd_regularisers_train_and_are_kept_in_the_checkpoint() {
+        let dir = scratch("awd");
+        let flags = [
+            "--locked-dropout",
+            "0.3",
+            "--weight-drop",
+            "0.5",
+            "--embed-dropout",
+            "0.1",
+        ];
+        let parsed = parse(&flags).unwrap();
+        assert_eq!(
+            (
+                parsed.locked_dropout,
+                parsed.weight_drop,
+                parsed.embed_dropout
+            ),
+            (0.3, 0.5, 0.1)
+        );
+        let args = Args {
+            locked_dropout: 0.3,
+            weight_drop: 0.5,
+            embed_dropout: 0.1,
+            ..tiny(&dir, &TEXT.repeat(4))
+        };
+        assert_eq!(run_solo(&args).unwrap().trained, 4);
+        let (model, _) =
+            CharModel::<f32>::load(args.out.join("checkpoint.safetensors"), None).unwrap();
+        let c = model.config();
+        assert_eq!(
+            (c.locked_dropout, c.weight_drop, c.embed_dropout),
+            (0.3, 0.5, 0.1)
+        );
+    }
+
+    #[test]
+    fn resuming_with_another_cell_is_refused_by_name() {
+        let dir = scratch("resume-cell");
+        let first = Args {
+            cell: "gru".into(),
+            ..tiny(&dir, &TEXT.repeat(4))
+        };
+        run_solo(&first).unwrap();
+        let resumed = Args {
+            resume: Some(first.out.join("checkpoint.safetensors")),
+            steps: 6,
+            out: dir.join("resumed"),
+            ..tiny(&dir, &TEXT.repeat(4))
+        };
+        let err = run_solo(&resumed).unwrap_err().to_string();
+        assert!(
+            err.contains("cell `gru`") && err.contains("`lstm`") && err.contains("--cell gru"),
+            "{err}"
+        );
+        assert!(!resumed.out.exists());
+        // with the checkpoint's cell it resumes
+        let again = Args {
+            cell: "gru".into(),
+            ..resumed.clone()
+        };
+        assert_eq!(run_solo(&again).unwrap().trained, 2);
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use nonlinearity::Nonlinearity;
-pub use ops::Reduction;
+pub use ops::{dropout_mask, Reduction};
 pub use parallel::DataParallel;
 pub use param_vec::ParamVec;
 pub use params::{Param, ParamKey, ParamStore};

@@ -4,14 +4,14 @@
 use super::{all_reduce_sum, pack_grads, rank_streams, unpack_grads, Collective};
 use super::{check_same_world, WorldDescription};
 use crate::error::{fail, Error, ErrorKind, Result};
-use crate::layers::StateTensors;
+use crate::layers::{Cell, StateTensors};
 use crate::models::{Batch, CharModel, CharStreams, StepStats};
 use crate::optim::Optimizer;
 use crate::parallel::{shard_ranges, shard_targets, DataParallel};
 use crate::{Real, Tape};
 use std::ops::Range;
 
-impl<F: Real> CharModel<F> {
+impl<F: Real, K: Cell> CharModel<F, K> {
     /// [`CharModel::train_step_parallel`] across the ranks of `comm`: this
     /// rank trains on its share of the batch's streams
     /// ([`rank_streams`](super::rank_streams)), cut further into one shard

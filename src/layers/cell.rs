@@ -99,6 +99,24 @@ pub trait Cell: std::fmt::Debug + Send + Sync {
     /// recurrent products and the cell's parameters for this layer,
     /// direction and step.
     fn step<'t, F: Real>(&self, s: &Step<'_, 't, F>, state: &[Var<'t, F>]) -> Vec<Var<'t, F>>;
+
+    /// A whole direction of a layer at once, for a cell whose steps depend
+    /// on each other only through a recurrence the tape runs as one node
+    /// (minGRU, minLSTM: [`Sequence::scan`]): every output h(1..T) as one
+    /// [T·B × O] var (rows by time, then batch), and the final state (`h`
+    /// first, as [`Cell::step`] returns it). `None`, the default, has the
+    /// engine run [`Cell::step`] T times; the per-step API
+    /// ([`Recurrent::step`](super::Recurrent::step)) always steps. The
+    /// engine zeroes the outputs of padded steps; [`Sequence::scan`] keeps
+    /// the state through them.
+    fn sequence<'t, F: Real>(
+        &self,
+        s: &Sequence<'_, 't, F>,
+        state: &[Var<'t, F>],
+    ) -> Option<(Var<'t, F>, Vec<Var<'t, F>>)> {
+        let _ = (s, state);
+        None
+    }
 }
 
 /// How a parameter is initialised.
@@ -443,6 +461,146 @@ impl<'s, 't, F: Real> Step<'s, 't, F> {
             crate::ErrorKind::InvalidArgument,
             format!("{}::step", self.cell),
             format!("{what}: {msg} ({})", self.at),
+        ))
+    }
+}
+
+/// What [`Cell::sequence`] is handed: one direction of one layer over the
+/// whole sequence — the input projection of every step, the cell's
+/// parameters, which steps are padding — and the one-node recurrence
+/// ([`Sequence::scan`]) that runs in the right direction and carries the
+/// state through padded steps. Built by the engine; a cell only reads it.
+pub struct Sequence<'s, 't, F: Real> {
+    pub(crate) tape: &'t Tape<F>,
+    pub(crate) cell: &'s str,
+    pub(crate) cfg: &'s RecurrentConfig,
+    pub(crate) spec: &'s CellSpec,
+    /// Layer and direction (`t` is 0).
+    pub(crate) at: StepPosition,
+    pub(crate) steps: usize,
+    pub(crate) batch: usize,
+    /// The input [T × B × I].
+    pub(crate) x: Var<'t, F>,
+    /// `x·W_ihᵀ + b` for every step, recorded on first use.
+    pub(crate) project: &'s dyn Fn(Var<'t, F>) -> Option<Var<'t, F>>,
+    pub(crate) xw: std::cell::OnceCell<Option<Var<'t, F>>>,
+    /// Per element of [T·B × O]: whether the step is within its
+    /// sequence's length (`None`: every step is).
+    pub(crate) valid: Option<&'s [bool]>,
+    pub(crate) params: &'s [Var<'t, F>],
+}
+
+impl<'s, 't, F: Real> Sequence<'s, 't, F> {
+    /// The tape.
+    pub fn tape(&self) -> &'t Tape<F> {
+        self.tape
+    }
+
+    /// H, the hidden size.
+    pub fn hidden(&self) -> usize {
+        self.spec.hidden
+    }
+
+    /// B, the batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// T, the steps.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The layer and direction (`t` = 0).
+    pub fn position(&self) -> StepPosition {
+        self.at
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &RecurrentConfig {
+        self.cfg
+    }
+
+    /// `x·W_ihᵀ + b_ih` (+ b_hh when folded) for every step, [T·B × G·H]
+    /// (rows ordered by time, then batch), in one GEMM (recorded on the
+    /// first call).
+    ///
+    /// # Panics
+    /// If the cell declared no input projection (read x with
+    /// [`Sequence::x`]).
+    #[track_caller]
+    pub fn input(&self) -> Var<'t, F> {
+        let xw = *self.xw.get_or_init(|| {
+            let _s = self.tape.scope("input_projection");
+            (self.project)(self.x)
+        });
+        xw.unwrap_or_else(|| {
+            self.misuse(
+                "input",
+                "the cell declared input_gates = 0; read x with x()",
+            )
+        })
+    }
+
+    /// The input itself, [T × B × I] (for a cell without input
+    /// projection).
+    pub fn x(&self) -> Var<'t, F> {
+        self.x
+    }
+
+    /// The further parameter `name` the cell declared.
+    ///
+    /// # Panics
+    /// If the cell declared no parameter of that name.
+    #[track_caller]
+    pub fn param(&self, name: &str) -> Var<'t, F> {
+        match self.spec.params.iter().position(|p| p.name == name) {
+            Some(i) => self.params[i],
+            None => self.misuse("param", &format!("no parameter '{name}' was declared")),
+        }
+    }
+
+    /// `h(t) = a(t) ⊙ h(t−1) + b(t)` over every step of this direction
+    /// (backwards in time for a reverse direction) from `h0` [B × O], as
+    /// one node ([`Var::linear_scan`]): a and b are [T·B × O] (rows by time,
+    /// then batch, as [`Sequence::input`]), so is the result. On padded steps a = 1 and b = 0, so h keeps its value there
+    /// and the final state is the state after each sequence's last valid
+    /// step, as stepping gives.
+    pub fn scan(&self, a: Var<'t, F>, b: Var<'t, F>, h0: Var<'t, F>) -> Var<'t, F> {
+        let (a, b) = match self.valid {
+            Some(valid) => {
+                let shape = a.shape();
+                let one = self.tape.constant(Tensor::ones(&shape));
+                let zero = self.tape.constant(Tensor::zeros(&shape));
+                (Var::select(valid, a, one), Var::select(valid, b, zero))
+            }
+            None => (a, b),
+        };
+        Var::linear_scan_rows(a, b, h0, self.steps, self.at.reverse)
+    }
+
+    /// The state after the last step taken, [B × O], from the outputs
+    /// [T·B × O] of [`Sequence::scan`]: h(T), or h(1) in reverse.
+    pub fn last(&self, hs: Var<'t, F>) -> Var<'t, F> {
+        let t = if self.at.reverse { 0 } else { self.steps - 1 };
+        hs.slice(0, t * self.batch, self.batch)
+    }
+
+    /// Panics naming the cell, the layer and the direction.
+    #[track_caller]
+    pub(crate) fn misuse(&self, what: &str, msg: &str) -> ! {
+        crate::error::fail(crate::Error::new(
+            crate::ErrorKind::InvalidArgument,
+            format!("{}::sequence", self.cell),
+            format!(
+                "{what}: {msg} (layer {}, {} direction)",
+                self.at.layer,
+                if self.at.reverse {
+                    "reverse"
+                } else {
+                    "forward"
+                }
+            ),
         ))
     }
 }

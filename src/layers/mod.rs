@@ -19,6 +19,9 @@
 //! - LSTM variants, one file each: [`ProjLstm`] (PyTorch's `proj_size`,
 //!   `proj_lstm.rs`), [`LayerNormLstm`] (Ba et al. 2016, `ln_lstm.rs`),
 //!   [`PeepholeLstm`] (Gers & Schmidhuber 2000, `peephole_lstm.rs`).
+//! - [`MinGru`], [`MinLstm`]: the cells without recurrent weight of Feng et
+//!   al. 2024 (`mingru.rs`, `minlstm.rs`), run stepwise or over the whole
+//!   sequence as one scan node ([`ScanMode`], [`Cell::sequence`]).
 //! - [`State`], [`StateTensors`]: recurrent state on a tape and detached
 //!   between tapes (truncated BPTT: [`tbptt`]).
 
@@ -30,12 +33,14 @@ mod ln_lstm;
 mod lstm;
 mod peephole_lstm;
 mod proj_lstm;
+mod mingru;
+mod minlstm;
 mod recurrent;
 mod rnn;
 mod state;
 pub mod tbptt;
 
-pub use cell::{Cell, CellSpec, Init, ParamSpec, StateSpec, Step, StepPosition};
+pub use cell::{Cell, CellSpec, Init, ParamSpec, Sequence, StateSpec, Step, StepPosition};
 pub use embedding::Embedding;
 pub use gru::{Gru, GruCell};
 pub use linear::Linear;
@@ -43,7 +48,9 @@ pub use ln_lstm::{LayerNormLstm, LayerNormLstmCell};
 pub use lstm::{Lstm, LstmCell};
 pub use peephole_lstm::{PeepholeLstm, PeepholeLstmCell};
 pub use proj_lstm::{ProjLstm, ProjLstmCell};
-pub use recurrent::{Recurrent, RecurrentConfig, RunOptions, SeqOutput};
+pub use mingru::{MinGru, MinGruCell, ScanMode};
+pub use minlstm::{MinLstm, MinLstmCell};
+pub use recurrent::{LockedDropout, Recurrent, RecurrentConfig, RunOptions, SeqOutput};
 pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};
 

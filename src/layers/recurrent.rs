@@ -20,7 +20,7 @@
 //! shorter sequences keep the state unchanged through `select`, so they
 //! change neither the final state nor any gradient.
 
-use super::cell::{Cell, CellSpec, Projected, Step, StepPosition, Weight};
+use super::cell::{Cell, CellSpec, Projected, Sequence, Step, StepPosition, Weight};
 use super::derive_seed;
 use super::state::State;
 use crate::error::{fail, Error, ErrorKind};
@@ -77,6 +77,16 @@ pub struct RecurrentConfig {
     /// Dropout probability on the outputs of every layer but the last
     /// (applied only when [`RunOptions::dropout_seed`] is set).
     pub dropout: f64,
+    /// Variational ("locked") dropout (AWD-LSTM): one mask per sequence,
+    /// the same at every step, on the input, between layers and on the top
+    /// layer's outputs (applied only when [`RunOptions::dropout_seed`] is
+    /// set).
+    pub locked_dropout: LockedDropout,
+    /// DropConnect on every `weight_hh` (AWD-LSTM's weight drop): one mask
+    /// on the weight per forward pass, shared by every step (applied only
+    /// when [`RunOptions::dropout_seed`] is set; not by the per-step API
+    /// [`Recurrent::step`], whose calls would each draw a new mask).
+    pub weight_drop: f64,
     /// Steps per hoisted input projection; `None` (the default) sizes the
     /// chunks to about 2¹⁸ projected elements, at least 512 rows. A memory
     /// knob: fewer steps keep less alive at once, more steps make fewer,
@@ -95,8 +105,34 @@ impl RecurrentConfig {
             nonlinearity: Nonlinearity::Tanh,
             bias: true,
             dropout: 0.0,
+            locked_dropout: LockedDropout::default(),
+            weight_drop: 0.0,
             projection_chunk: None,
         }
+    }
+
+    /// Locked dropout probabilities on the input, between layers and on
+    /// the outputs (see [`RecurrentConfig::locked_dropout`]).
+    ///
+    /// ```
+    /// use tapegrad::layers::RecurrentConfig;
+    /// let cfg = RecurrentConfig::new(8, 16).locked_dropout(0.1, 0.25, 0.4).weight_drop(0.5);
+    /// assert_eq!((cfg.locked_dropout.hidden, cfg.weight_drop), (0.25, 0.5));
+    /// ```
+    pub fn locked_dropout(mut self, input: f64, hidden: f64, output: f64) -> Self {
+        self.locked_dropout = LockedDropout {
+            input,
+            hidden,
+            output,
+        };
+        self
+    }
+
+    /// DropConnect probability on `weight_hh` (see
+    /// [`RecurrentConfig::weight_drop`]).
+    pub fn weight_drop(mut self, p: f64) -> Self {
+        self.weight_drop = p;
+        self
     }
 
     /// Sets the number of stacked layers.
@@ -152,6 +188,19 @@ impl RecurrentConfig {
     }
 }
 
+/// Variational ("locked") dropout probabilities of a recurrent layer
+/// (Gal & Ghahramani 2016; Merity et al. 2017): each draws one
+/// [B × features] mask per sequence and applies it at every step.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LockedDropout {
+    /// On the input x(t) of the first layer.
+    pub input: f64,
+    /// On the outputs of every layer but the last (the next layer's input).
+    pub hidden: f64,
+    /// On the top layer's outputs.
+    pub output: f64,
+}
+
 /// Per-call options of a recurrent forward pass.
 ///
 /// ```
@@ -178,6 +227,9 @@ pub struct SeqOutput<'t, F: Real> {
     pub outputs: Vec<Var<'t, F>>,
     /// The final state of every layer and direction (PyTorch's h_n, c_n).
     pub state: State<'t, F>,
+    /// The outputs as one [T·B × O] var when a whole-sequence cell
+    /// ([`Cell::sequence`]) made them so (unidirectional top layer).
+    rows: Option<Var<'t, F>>,
 }
 
 impl<'t, F: Real> SeqOutput<'t, F> {
@@ -188,7 +240,10 @@ impl<'t, F: Real> SeqOutput<'t, F> {
     /// If there are no steps.
     pub fn stacked_rows(&self) -> Var<'t, F> {
         assert!(!self.outputs.is_empty(), "stacked_rows: no time steps");
-        Var::concat(&self.outputs, 0)
+        match self.rows {
+            Some(rows) => rows,
+            None => Var::concat(&self.outputs, 0),
+        }
     }
 
     /// All outputs as one [T × B × D·H] var.
@@ -305,6 +360,14 @@ fn project<'t, F: Real>(
     }
 }
 
+/// One direction's outputs h(t) in time order, its final state, and, from
+/// a cell that ran whole sequences, the outputs as one [T·B × O] var.
+struct Direction<'t, F: Real> {
+    outs: Vec<Var<'t, F>>,
+    last: Vec<Var<'t, F>>,
+    rows: Option<Var<'t, F>>,
+}
+
 /// Per-step validity masks of one state width: `masks[t]` is [B×width].
 struct Masks {
     width: usize,
@@ -356,6 +419,21 @@ impl<C: Cell> Recurrent<C> {
                     cfg.num_layers
                 ),
             ));
+        }
+        let ld = cfg.locked_dropout;
+        for (what, p) in [
+            ("locked_dropout.input", ld.input),
+            ("locked_dropout.hidden", ld.hidden),
+            ("locked_dropout.output", ld.output),
+            ("weight_drop", cfg.weight_drop),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                fail(Error::new(
+                    ErrorKind::InvalidArgument,
+                    &op,
+                    format!("{what} = {p} is not a probability in [0, 1)"),
+                ));
+            }
         }
         let first = cell.spec(cfg.input_size, h);
         check_spec(&op, &first, h);
@@ -509,27 +587,43 @@ impl<C: Cell> Recurrent<C> {
             return SeqOutput {
                 outputs: Vec::new(),
                 state,
+                rows: None,
             };
         }
         let masks = opts.lengths.map(|lengths| self.masks(lengths, steps));
         let dirs = self.cfg.directions();
-        let mut input = x;
+        let ld = self.cfg.locked_dropout;
+        // Seeds of the regularisers: derive_seed(seed, l) for the dropout
+        // between layers, then these offsets.
+        const LOCKED: u64 = 1 << 20;
+        const WEIGHT: u64 = 1 << 21;
+        let mut input = match opts.dropout_seed {
+            Some(seed) => x.locked_dropout(ld.input, derive_seed(seed, LOCKED)),
+            None => x,
+        };
         let mut finals = Vec::with_capacity(self.params.len());
         let mut layer_out = Vec::new();
+        let mut rows = None;
         for l in 0..self.cfg.num_layers {
             let mut by_dir = Vec::with_capacity(dirs);
             for d in 0..dirs {
                 let idx = l * dirs + d;
-                let (outs, last) = self.run_direction(
+                let weight_drop = opts
+                    .dropout_seed
+                    .filter(|_| self.cfg.weight_drop > 0.0)
+                    .map(|seed| (self.cfg.weight_drop, derive_seed(seed, WEIGHT + idx as u64)));
+                let dir = self.run_direction(
                     tape,
                     store,
                     (l, d),
                     input,
                     state.entry(idx),
                     masks.as_deref(),
+                    weight_drop,
                 );
-                by_dir.push(outs);
-                finals.push(last);
+                by_dir.push(dir.outs);
+                finals.push(dir.last);
+                rows = dir.rows.filter(|_| dirs == 1);
             }
             layer_out = self.join_directions(tape, l, by_dir);
             if l + 1 < self.cfg.num_layers {
@@ -537,17 +631,33 @@ impl<C: Cell> Recurrent<C> {
                 if let (Some(seed), true) = (opts.dropout_seed, self.cfg.dropout > 0.0) {
                     input = input.dropout(self.cfg.dropout, derive_seed(seed, l as u64));
                 }
+                if let Some(seed) = opts.dropout_seed {
+                    let seed = derive_seed(seed, LOCKED + 1 + l as u64);
+                    input = input.locked_dropout(ld.hidden, seed);
+                }
             }
+        }
+        if let (Some(seed), true) = (opts.dropout_seed, ld.output > 0.0) {
+            let width = layer_out[0].shape()[1];
+            let mask =
+                crate::ops::dropout_mask(&[batch, width], ld.output, derive_seed(seed, LOCKED - 1));
+            let mask = tape.constant(mask);
+            for o in &mut layer_out {
+                *o = *o * mask;
+            }
+            rows = None;
         }
         SeqOutput {
             outputs: layer_out,
             state: State::from_entries(finals),
+            rows,
         }
     }
 
     /// One direction of layer `l` over the whole sequence `input`
     /// [T×B×In] from `state` (h first, then the further states): the outputs
     /// h(t) in time order and the final state.
+    #[allow(clippy::too_many_arguments)]
     fn run_direction<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
@@ -556,7 +666,8 @@ impl<C: Cell> Recurrent<C> {
         input: Var<'t, F>,
         mut state: Vec<Var<'t, F>>,
         masks: Option<&[Masks]>,
-    ) -> (Vec<Var<'t, F>>, Vec<Var<'t, F>>) {
+        weight_drop: Option<(f64, u64)>,
+    ) -> Direction<'t, F> {
         let shape = input.shape();
         let (steps, batch) = (shape[0], shape[1]);
         let _scope = tape.scope(self.scope_name(l, d));
@@ -565,7 +676,11 @@ impl<C: Cell> Recurrent<C> {
             store,
             &self.params[l * self.cfg.directions() + d],
             batch >= REORDER_MIN_ROWS,
+            weight_drop,
         );
+        if let Some(done) = self.run_sequence(tape, &bound, (l, d), input, &state, masks) {
+            return done;
+        }
         let zeros = masks.map(|_| tape.zeros(&[batch, self.spec().output_size]));
         // A cell that reads x(t) itself gets rows of the input seen as
         // [T·B × I] (one reshape per direction, then one slice per step).
@@ -624,7 +739,139 @@ impl<C: Cell> Recurrent<C> {
             .into_iter()
             .map(|o| o.expect("every step ran"))
             .collect();
-        (outs, state)
+        Direction {
+            outs,
+            last: state,
+            rows: None,
+        }
+    }
+
+    /// One direction through [`Cell::sequence`] when the cell runs whole
+    /// sequences (`None` when it steps), one chunk of steps at a time (the
+    /// projection chunks' size, so a chunk's values stay in cache; later
+    /// chunks first in a reverse direction), each chunk's outputs split
+    /// into steps, padded steps zeroed, and everything the cell recorded
+    /// released that no backward rule reads.
+    fn run_sequence<'t, F: Real>(
+        &self,
+        tape: &'t Tape<F>,
+        bound: &Bound<'t, F>,
+        (l, d): (usize, usize),
+        input: Var<'t, F>,
+        state: &[Var<'t, F>],
+        masks: Option<&[Masks]>,
+    ) -> Option<Direction<'t, F>> {
+        let shape = input.shape();
+        let (steps, batch, width) = (shape[0], shape[1], self.spec().output_size);
+        let per = self.chunk_steps(batch, steps);
+        let valid: Option<Vec<bool>> = masks.map(|m| mask_of(m, width).concat());
+        let projection = |x: Var<'t, F>| bound.w_ih.map(|w| project(w, bound.bias, x));
+        let starts: Vec<usize> = if d == 0 {
+            (0..steps).step_by(per).collect()
+        } else {
+            (0..steps).step_by(per).rev().collect()
+        };
+        let mut outs = vec![None; steps];
+        let mut chunks = Vec::new();
+        let mut state = state.to_vec();
+        for t0 in starts {
+            let len = per.min(steps - t0);
+            let rows = batch * width;
+            let seq = Sequence {
+                tape,
+                cell: self.cell.name(),
+                cfg: &self.cfg,
+                spec: &self.specs[l],
+                at: StepPosition {
+                    layer: l,
+                    reverse: d == 1,
+                    t: t0,
+                },
+                steps: len,
+                batch,
+                x: if len == steps {
+                    input
+                } else {
+                    input.slice(0, t0, len)
+                },
+                project: &projection,
+                xw: std::cell::OnceCell::new(),
+                valid: valid.as_deref().map(|v| &v[t0 * rows..(t0 + len) * rows]),
+                params: &bound.extra,
+            };
+            let mark = tape.len();
+            let Some((hs, last)) = self.cell.sequence(&seq, &state) else {
+                // A stepping cell (asked at the first chunk, before it records anything).
+                if len < steps {
+                    seq.x.release();
+                }
+                return None;
+            };
+            self.check_sequence(&seq, hs, &last);
+            let hs = match &seq.valid {
+                Some(v) => Var::select(v, hs, tape.zeros(&[len * batch, width])),
+                None => hs,
+            };
+            // Release before splitting: `keep` stays short (release_since
+            // compares every node with every kept var).
+            let keep: Vec<Var<'t, F>> = std::iter::once(hs).chain(last.iter().copied()).collect();
+            tape.release_since(mark, &keep);
+            if len < steps {
+                seq.x.release();
+            }
+            for t in 0..len {
+                outs[t0 + t] = Some(hs.slice(0, t * batch, batch));
+            }
+            chunks.push((t0, hs));
+            state = last;
+        }
+        let outs = outs
+            .into_iter()
+            .map(|o| o.expect("every step ran"))
+            .collect();
+        // The chunks' outputs as one var, for `SeqOutput::stacked_rows`
+        // without T slices and a concat in the backward pass.
+        chunks.sort_by_key(|&(t0, _)| t0);
+        let rows = match chunks.as_slice() {
+            [(_, only)] => *only,
+            many => Var::concat(&many.iter().map(|&(_, v)| v).collect::<Vec<_>>(), 0),
+        };
+        Some(Direction {
+            outs,
+            last: state,
+            rows: Some(rows),
+        })
+    }
+
+    /// Refuses what a [`Cell::sequence`] returned unless it is outputs of
+    /// [T·B × O] and one state tensor of [B × width] per declared state.
+    fn check_sequence<F: Real>(
+        &self,
+        seq: &Sequence<'_, '_, F>,
+        hs: Var<'_, F>,
+        last: &[Var<'_, F>],
+    ) {
+        let (steps, batch, width) = (seq.steps, seq.batch, self.spec().output_size);
+        if hs.shape().as_slice() != [steps * batch, width] {
+            seq.misuse(
+                "returned outputs",
+                &format!(
+                    "shape {:?}, expected [{}, {width}] (T·B × O)",
+                    hs.shape().as_slice(),
+                    steps * batch
+                ),
+            );
+        }
+        let expected = 1 + self.spec().states.len();
+        if last.len() != expected
+            || (0..expected).any(|k| last[k].shape().as_slice() != [batch, self.width(k)])
+        {
+            let got: Vec<Vec<usize>> = last.iter().map(|v| v.shape().to_vec()).collect();
+            seq.misuse(
+                "returned state",
+                &format!("shapes {got:?}, the cell declared {expected} state tensors of [{batch}, width]"),
+            );
+        }
     }
 
     /// Runs `cell.step` for one step, checks what it returns, and releases
@@ -735,7 +982,7 @@ impl<C: Cell> Recurrent<C> {
         for (l, p) in self.params.iter().enumerate() {
             let _scope = tape.scope(self.scope_name(l, 0));
             // One step: no reorder (it would copy the weights every step).
-            let bound = self.bind(tape, store, p, false);
+            let bound = self.bind(tape, store, p, false, None);
             let xw = bound.w_ih.map(|w| project(w, bound.bias, input));
             let window = xw.map(|xw| Projected {
                 chunk: xw,
@@ -764,17 +1011,23 @@ impl<C: Cell> Recurrent<C> {
     /// transposes are one copy each per sequence, not per step), the input
     /// bias b = b_ih + b_hh (summed once as a [G·H] vector when the cell
     /// folds b_hh; b_ih alone otherwise), the b_hh a step adds itself, and
-    /// the cell's further parameters.
+    /// the cell's further parameters. With `weight_drop` = (p, seed),
+    /// W_hh is dropped out (DropConnect) before it is reordered: one mask
+    /// for every step of the sequence.
     fn bind<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
         store: &ParamStore<F>,
         p: &DirParams,
         reorder: bool,
+        weight_drop: Option<(f64, u64)>,
     ) -> Bound<'t, F> {
         let bind = |k: ParamKey| tape.param(store, k);
         let w_ih = p.w_ih.map(bind);
-        let w_hh = p.w_hh.map(bind);
+        let w_hh = p.w_hh.map(bind).map(|w| match weight_drop {
+            Some((p, seed)) => w.dropout(p, seed),
+            None => w,
+        });
         let b_ih = p.b_ih.map(bind);
         let b_hh = p.b_hh.map(bind);
         let (folded, step_b_hh) = if self.folds_hidden_bias() {

@@ -1,9 +1,11 @@
-//! [`CharModel`]: a character-level LSTM language model.
+//! [`CharModel`]: a character-level language model over any recurrent
+//! cell (an LSTM unless another [`Cell`] is chosen).
 
 use super::{sample_index, Batch, CharStreams, Sampling, Vocab};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, ErrorKind, Result};
-use crate::layers::{derive_seed, Embedding, Linear, Lstm, RecurrentConfig, RunOptions};
+use crate::layers::RunOptions;
+use crate::layers::{derive_seed, Cell, Embedding, Linear, LstmCell, Recurrent, RecurrentConfig};
 use crate::layers::{State, StateTensors};
 use crate::optim::{finite_grad_norm, Optimizer};
 use crate::parallel::{mean_weight, shard_ranges, shard_targets, DataParallel};
@@ -32,6 +34,14 @@ pub struct CharModelConfig {
     /// Dropout probability on the embeddings, between the LSTM layers and
     /// on the top layer's outputs, in training steps only.
     pub dropout: f64,
+    /// AWD-LSTM's regularisers (Merity et al. 2017), in training steps
+    /// only: locked (variational) dropout on the embeddings, between the
+    /// layers and on the top layer's outputs, one mask per sequence.
+    pub locked_dropout: f64,
+    /// DropConnect on every `weight_hh`, one mask per training step.
+    pub weight_drop: f64,
+    /// Embedding dropout: whole characters' rows of the encoder dropped.
+    pub embed_dropout: f64,
 }
 
 impl Default for CharModelConfig {
@@ -42,6 +52,9 @@ impl Default for CharModelConfig {
             hidden_size: 256,
             num_layers: 2,
             dropout: 0.0,
+            locked_dropout: 0.0,
+            weight_drop: 0.0,
+            embed_dropout: 0.0,
         }
     }
 }
@@ -70,6 +83,21 @@ impl CharModelConfig {
         self.dropout = p;
         self
     }
+
+    /// Sets AWD-LSTM's regularisers: locked dropout, weight drop on
+    /// `weight_hh`, embedding dropout.
+    ///
+    /// ```
+    /// use tapegrad::models::CharModelConfig;
+    /// let cfg = CharModelConfig::default().awd(0.3, 0.5, 0.1);
+    /// assert_eq!((cfg.locked_dropout, cfg.weight_drop, cfg.embed_dropout), (0.3, 0.5, 0.1));
+    /// ```
+    pub fn awd(mut self, locked_dropout: f64, weight_drop: f64, embed_dropout: f64) -> Self {
+        self.locked_dropout = locked_dropout;
+        self.weight_drop = weight_drop;
+        self.embed_dropout = embed_dropout;
+        self
+    }
 }
 
 /// What one training step reports.
@@ -88,12 +116,23 @@ const META_EMBED: &str = "char_model.embed_size";
 const META_HIDDEN: &str = "char_model.hidden_size";
 const META_LAYERS: &str = "char_model.num_layers";
 const META_DROPOUT: &str = "char_model.dropout";
+/// AWD-LSTM's regularisers; absent (0) in older checkpoints.
+const META_AWD: [&str; 3] = [
+    "char_model.locked_dropout",
+    "char_model.weight_drop",
+    "char_model.embed_dropout",
+];
+/// The cell's name; absent in checkpoints written before the model was
+/// generic over its cell, which were all LSTMs.
+const META_CELL: &str = "char_model.cell";
 const META_PREFIX: &str = "char_model.";
 
-/// A character-level language model: Embedding → stacked LSTM → Linear,
-/// with the parameter names of PyTorch's word-language-model example
-/// (`encoder.weight`, `lstm.weight_ih_l0` … `lstm.bias_hh_l{L−1}`,
-/// `decoder.weight`, `decoder.bias`):
+/// A character-level language model: Embedding → stacked recurrent layer of
+/// cell `C` (an LSTM by default) → Linear, with the parameter names of
+/// PyTorch's word-language-model example (`encoder.weight`,
+/// `lstm.weight_ih_l0` … `lstm.bias_hh_l{L−1}`, `decoder.weight`,
+/// `decoder.bias`; the recurrent layer is named after its cell: `gru.…`,
+/// `mingru.…`). [`CharModel::with_cell`] builds one with any [`Cell`]:
 ///
 /// ```text
 /// e(t) = E[x(t)]                          (encoder, [V×E])
@@ -137,17 +176,18 @@ const META_PREFIX: &str = "char_model.";
 /// assert_eq!(model.sample("ab", 4, &greedy).unwrap(), "cabc");
 /// ```
 #[derive(Debug, Clone)]
-pub struct CharModel<F: Real> {
+pub struct CharModel<F: Real, C: Cell = LstmCell> {
     config: CharModelConfig,
     vocab: Vocab,
     store: ParamStore<F>,
     encoder: Embedding,
-    lstm: Lstm,
+    rnn: Recurrent<C>,
     decoder: Linear,
 }
 
-impl<F: Real> CharModel<F> {
-    /// A model for `vocab`, initialised as PyTorch initialises its layers,
+impl<F: Real, C: Cell + Default> CharModel<F, C> {
+    /// A model for `vocab` with the default cell `C` (an LSTM unless the
+    /// type says otherwise), initialised as PyTorch initialises its layers,
     /// from `seed`.
     ///
     /// # Panics
@@ -175,6 +215,88 @@ impl<F: Real> CharModel<F> {
     /// assert!(CharModel::<f32>::try_new(Vocab::from_text("ab"), CharModelConfig::default().hidden_size(4), 0).is_ok());
     /// ```
     pub fn try_new(vocab: Vocab, config: CharModelConfig, seed: u64) -> Result<Self> {
+        Self::try_with_cell(C::default(), vocab, config, seed)
+    }
+
+    /// Rebuilds a model with the default cell `C` from checkpoint bytes
+    /// (see [`CharModel::from_bytes_with`]).
+    ///
+    /// # Errors
+    /// As [`CharModel::from_bytes_with`].
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, Vocab};
+    /// use tapegrad::optim::Adam;
+    /// let model = CharModel::<f64>::new(Vocab::from_text("xyz"), CharModelConfig::default().hidden_size(4), 1);
+    /// let bytes = model.to_bytes(Some(&Adam::new(0.01)), 3, &Default::default()).unwrap();
+    /// let mut opt = Adam::new(0.5);
+    /// let (back, info) = CharModel::<f64>::from_bytes(&bytes, Some(&mut opt)).unwrap();
+    /// assert_eq!((info.step, opt.lr), (3, 0.01));
+    /// assert_eq!(back.vocab().as_string(), "xyz");
+    /// ```
+    pub fn from_bytes(
+        bytes: &[u8],
+        optimizer: Option<&mut dyn Optimizer<F>>,
+    ) -> Result<(Self, Checkpoint)> {
+        Self::from_bytes_with(C::default(), bytes, optimizer)
+    }
+
+    /// [`CharModel::from_bytes`] on a file.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] if the file cannot be read; otherwise as
+    /// [`CharModel::from_bytes`].
+    ///
+    /// ```
+    /// use tapegrad::models::{CharModel, CharModelConfig, Sampling, Vocab};
+    /// let cfg = CharModelConfig::default().embed_size(3).hidden_size(5);
+    /// let model = CharModel::<f32>::new(Vocab::from_text("ab\n"), cfg, 7);
+    /// let path = std::env::temp_dir().join(format!("tapegrad-charmodel-{}.safetensors", std::process::id()));
+    /// model.save(&path, None, 42, &Default::default()).unwrap();
+    /// let (back, info) = CharModel::<f32>::load(&path, None).unwrap();
+    /// std::fs::remove_file(&path).unwrap();
+    /// assert_eq!((info.step, back.config(), back.vocab()), (42, model.config(), model.vocab()));
+    /// let s = Sampling { temperature: 1.0, top_k: 0, seed: 3 };
+    /// assert_eq!(back.sample("a", 20, &s).unwrap(), model.sample("a", 20, &s).unwrap());
+    /// ```
+    pub fn load(
+        path: impl AsRef<Path>,
+        optimizer: Option<&mut dyn Optimizer<F>>,
+    ) -> Result<(Self, Checkpoint)> {
+        Self::load_with(C::default(), path, optimizer)
+    }
+}
+
+impl<F: Real, C: Cell> CharModel<F, C> {
+    /// A model for `vocab` whose recurrent layer runs `cell`, named after
+    /// the cell in the store (`gru.weight_ih_l0`, …).
+    ///
+    /// # Panics
+    /// As [`CharModel::new`].
+    ///
+    /// ```
+    /// use tapegrad::layers::MinGruCell;
+    /// use tapegrad::models::{CharModel, CharModelConfig, Vocab};
+    /// let cfg = CharModelConfig::default().embed_size(4).hidden_size(8);
+    /// let model = CharModel::<f32, _>::with_cell(MinGruCell::parallel(), Vocab::from_text("ab"), cfg, 0);
+    /// assert!(model.store().key("mingru.weight_ih_l1").is_some());
+    /// assert_eq!(model.cell_name(), "mingru");
+    /// ```
+    #[track_caller]
+    pub fn with_cell(cell: C, vocab: Vocab, config: CharModelConfig, seed: u64) -> Self {
+        crate::error::or_panic(Self::try_with_cell(cell, vocab, config, seed))
+    }
+
+    /// [`CharModel::try_new`] with a cell.
+    ///
+    /// # Errors
+    /// As [`CharModel::try_new`].
+    pub fn try_with_cell(
+        cell: C,
+        vocab: Vocab,
+        config: CharModelConfig,
+        seed: u64,
+    ) -> Result<Self> {
         let invalid = |m: String| Error::new(ErrorKind::InvalidArgument, "CharModel::new", m);
         if vocab.is_empty() {
             return Err(invalid(
@@ -185,27 +307,41 @@ impl<F: Real> CharModel<F> {
         if config.embed_size == 0 || config.hidden_size == 0 || config.num_layers == 0 {
             return Err(invalid(format!("every size must be > 0, got {config:?}")));
         }
-        if !(0.0..1.0).contains(&config.dropout) {
-            return Err(invalid(format!(
-                "the dropout probability {} is not in [0, 1)",
-                config.dropout
-            )));
+        for (what, p) in [
+            ("dropout", config.dropout),
+            ("locked dropout", config.locked_dropout),
+            ("weight drop", config.weight_drop),
+            ("embedding dropout", config.embed_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(invalid(format!(
+                    "the {what} probability {p} is not in [0, 1)"
+                )));
+            }
         }
         let v = vocab.len();
         let mut store = ParamStore::new();
         let encoder = Embedding::new(&mut store, "encoder", v, config.embed_size, seed);
-        let lstm = Lstm::new(
+        let name = cell.name().to_string();
+        let rnn = Recurrent::with_cell(
+            cell,
             &mut store,
-            "lstm",
+            &name,
             RecurrentConfig::new(config.embed_size, config.hidden_size)
                 .layers(config.num_layers)
-                .dropout(config.dropout),
+                .dropout(config.dropout)
+                .locked_dropout(
+                    config.locked_dropout,
+                    config.locked_dropout,
+                    config.locked_dropout,
+                )
+                .weight_drop(config.weight_drop),
             derive_seed(seed, 1),
         );
         let decoder = Linear::new(
             &mut store,
             "decoder",
-            config.hidden_size,
+            rnn.spec().output_size,
             v,
             true,
             derive_seed(seed, 2),
@@ -215,9 +351,20 @@ impl<F: Real> CharModel<F> {
             vocab,
             store,
             encoder,
-            lstm,
+            rnn,
             decoder,
         })
+    }
+
+    /// The recurrent cell's name (`lstm`, `gru`, `mingru`, …), which
+    /// prefixes its parameters and is recorded in checkpoints.
+    pub fn cell_name(&self) -> &str {
+        self.rnn.cell().name()
+    }
+
+    /// The recurrent layer.
+    pub fn recurrent(&self) -> &Recurrent<C> {
+        &self.rnn
     }
 
     /// The sizes.
@@ -243,7 +390,7 @@ impl<F: Real> CharModel<F> {
     /// A zero recurrent state for `batch` streams.
     pub fn zero_state(&self, batch: usize) -> StateTensors<F> {
         let tape = Tape::new();
-        self.lstm.zero_state(&tape, batch).to_tensors()
+        self.rnn.zero_state(&tape, batch).to_tensors()
     }
 
     /// The logits [T·B × V] for the time-major input ids [T·B] of `batch`
@@ -286,14 +433,24 @@ impl<F: Real> CharModel<F> {
             _ => v,
         };
         let init = state.bind(tape);
-        let e = drop(self.encoder.forward(tape, &self.store, inputs), 1_000);
+        let e = match dropout_seed {
+            Some(seed) => self.encoder.forward_dropout(
+                tape,
+                &self.store,
+                inputs,
+                self.config.embed_dropout,
+                derive_seed(seed, 1_002),
+            ),
+            None => self.encoder.forward(tape, &self.store, inputs),
+        };
+        let e = drop(e, 1_000);
         let x = e.reshape(&[steps, batch, self.config.embed_size]);
         let opts = RunOptions {
             lengths: None,
-            dropout_seed: dropout_seed.filter(|_| p > 0.0),
+            dropout_seed,
         };
         let out = self
-            .lstm
+            .rnn
             .forward_with(tape, &self.store, x, Some(&init), opts);
         let h = drop(out.stacked_rows(), 1_001);
         (self.decoder.forward(tape, &self.store, h), out.state)
@@ -579,6 +736,10 @@ impl<F: Real> CharModel<F> {
             (META_HIDDEN.to_string(), c.hidden_size.to_string()),
             (META_LAYERS.to_string(), c.num_layers.to_string()),
             (META_DROPOUT.to_string(), format!("{:?}", c.dropout)),
+            (META_AWD[0].to_string(), format!("{:?}", c.locked_dropout)),
+            (META_AWD[1].to_string(), format!("{:?}", c.weight_drop)),
+            (META_AWD[2].to_string(), format!("{:?}", c.embed_dropout)),
+            (META_CELL.to_string(), self.cell_name().to_string()),
         ])
     }
 
@@ -635,53 +796,45 @@ impl<F: Real> CharModel<F> {
         )
     }
 
-    /// Rebuilds a model from checkpoint bytes: the sizes and vocabulary from
-    /// the metadata, the parameters (and `optimizer`'s state) from the
-    /// tensors, all checked as [`checkpoint::from_bytes`] checks them.
+    /// Rebuilds a model of `cell` from checkpoint bytes: the sizes and
+    /// vocabulary from the metadata, the parameters (and `optimizer`'s
+    /// state) from the tensors, all checked as [`checkpoint::from_bytes`]
+    /// checks them. A checkpoint of another cell is refused by name.
     ///
     /// # Errors
     /// [`ErrorKind::Format`] if the metadata lacks a `char_model.*` key or
-    /// holds a bad value, or as [`checkpoint::from_bytes`].
+    /// holds a bad value, [`ErrorKind::InvalidArgument`] if the checkpoint
+    /// was written by a model of another cell, or as
+    /// [`checkpoint::from_bytes`].
     ///
     /// ```
+    /// use tapegrad::layers::GruCell;
     /// use tapegrad::models::{CharModel, CharModelConfig, Vocab};
-    /// use tapegrad::optim::Adam;
-    /// let model = CharModel::<f64>::new(Vocab::from_text("xyz"), CharModelConfig::default().hidden_size(4), 1);
-    /// let bytes = model.to_bytes(Some(&Adam::new(0.01)), 3, &Default::default()).unwrap();
-    /// let mut opt = Adam::new(0.5);
-    /// let (back, info) = CharModel::<f64>::from_bytes(&bytes, Some(&mut opt)).unwrap();
-    /// assert_eq!((info.step, opt.lr), (3, 0.01));
-    /// assert_eq!(back.vocab().as_string(), "xyz");
+    /// let cfg = CharModelConfig::default().hidden_size(4);
+    /// let gru = CharModel::<f64, _>::with_cell(GruCell, Vocab::from_text("xy"), cfg, 1);
+    /// let bytes = gru.to_bytes(None, 0, &Default::default()).unwrap();
+    /// assert!(CharModel::<f64, _>::from_bytes_with(GruCell, &bytes, None).is_ok());
+    /// let err = CharModel::<f64>::from_bytes(&bytes, None).unwrap_err(); // an LSTM
+    /// assert!(err.message().contains("`gru`"), "{err}");
     /// ```
-    pub fn from_bytes(
+    pub fn from_bytes_with(
+        cell: C,
         bytes: &[u8],
         optimizer: Option<&mut dyn Optimizer<F>>,
     ) -> Result<(Self, Checkpoint)> {
         let info = checkpoint::inspect(bytes)?;
-        let mut model = Self::from_metadata(&info.metadata, bytes.len())?;
+        let mut model = Self::from_metadata(cell, &info.metadata, bytes.len())?;
         let info = checkpoint::from_bytes(bytes, &mut model.store, optimizer)?;
         Ok((model, info))
     }
 
-    /// [`CharModel::from_bytes`] on a file.
+    /// [`CharModel::from_bytes_with`] on a file.
     ///
     /// # Errors
     /// [`ErrorKind::Io`] if the file cannot be read; otherwise as
-    /// [`CharModel::from_bytes`].
-    ///
-    /// ```
-    /// use tapegrad::models::{CharModel, CharModelConfig, Sampling, Vocab};
-    /// let cfg = CharModelConfig::default().embed_size(3).hidden_size(5);
-    /// let model = CharModel::<f32>::new(Vocab::from_text("ab\n"), cfg, 7);
-    /// let path = std::env::temp_dir().join(format!("tapegrad-charmodel-{}.safetensors", std::process::id()));
-    /// model.save(&path, None, 42, &Default::default()).unwrap();
-    /// let (back, info) = CharModel::<f32>::load(&path, None).unwrap();
-    /// std::fs::remove_file(&path).unwrap();
-    /// assert_eq!((info.step, back.config(), back.vocab()), (42, model.config(), model.vocab()));
-    /// let s = Sampling { temperature: 1.0, top_k: 0, seed: 3 };
-    /// assert_eq!(back.sample("a", 20, &s).unwrap(), model.sample("a", 20, &s).unwrap());
-    /// ```
-    pub fn load(
+    /// [`CharModel::from_bytes_with`].
+    pub fn load_with(
+        cell: C,
         path: impl AsRef<Path>,
         optimizer: Option<&mut dyn Optimizer<F>>,
     ) -> Result<(Self, Checkpoint)> {
@@ -693,7 +846,7 @@ impl<F: Real> CharModel<F> {
                 format!("cannot read `{}`: {e}", path.display()),
             )
         })?;
-        Self::from_bytes(&bytes, optimizer).map_err(|e| {
+        Self::from_bytes_with(cell, &bytes, optimizer).map_err(|e| {
             Error::new(
                 e.kind(),
                 e.op(),
@@ -706,7 +859,18 @@ impl<F: Real> CharModel<F> {
     /// checkpoint metadata, refused before anything is allocated if its
     /// parameters could not fit in a file of `file_len` bytes (so corrupt
     /// sizes cannot ask for a huge allocation).
-    fn from_metadata(meta: &BTreeMap<String, String>, file_len: usize) -> Result<Self> {
+    fn from_metadata(cell: C, meta: &BTreeMap<String, String>, file_len: usize) -> Result<Self> {
+        let saved = meta.get(META_CELL).map_or("lstm", String::as_str);
+        if saved != cell.name() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "CharModel::load",
+                format!(
+                    "the checkpoint holds a model of cell `{saved}`, but this model's cell is `{}` (choose the checkpoint's cell, e.g. `--cell {saved}`)",
+                    cell.name()
+                ),
+            ));
+        }
         let get = |k: &str| {
             meta.get(k).ok_or_else(|| {
                 Error::new(
@@ -726,28 +890,34 @@ impl<F: Real> CharModel<F> {
                 )
             })
         };
-        let dropout_s = get(META_DROPOUT)?;
-        let dropout = dropout_s
-            .parse::<f64>()
-            .ok()
-            .filter(|p| (0.0..1.0).contains(p))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Format,
-                    "CharModel::load",
-                    format!(
-                        "metadata `{META_DROPOUT}` is `{dropout_s}`, not a probability in [0, 1)"
-                    ),
-                )
-            })?;
+        let probability = |k: &str, s: &str| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..1.0).contains(p))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Format,
+                        "CharModel::load",
+                        format!("metadata `{k}` is `{s}`, not a probability in [0, 1)"),
+                    )
+                })
+        };
+        let dropout = probability(META_DROPOUT, get(META_DROPOUT)?)?;
+        let awd = |i: usize| match meta.get(META_AWD[i]) {
+            Some(s) => probability(META_AWD[i], s),
+            None => Ok(0.0),
+        };
         let vocab = Vocab::from_string(get(META_VOCAB)?)?;
         let config = CharModelConfig {
             embed_size: size(META_EMBED)?,
             hidden_size: size(META_HIDDEN)?,
             num_layers: size(META_LAYERS)?,
             dropout,
+            locked_dropout: awd(0)?,
+            weight_drop: awd(1)?,
+            embed_dropout: awd(2)?,
         };
-        let needed = num_params(vocab.len(), &config);
+        let needed = num_params(&cell, vocab.len(), &config);
         if needed.is_none_or(|n| n > file_len / 4) {
             return Err(Error::new(
                 ErrorKind::Format,
@@ -758,7 +928,7 @@ impl<F: Real> CharModel<F> {
                 ),
             ));
         }
-        Self::try_new(vocab, config, 0).map_err(|e| {
+        Self::try_with_cell(cell, vocab, config, 0).map_err(|e| {
             Error::new(
                 ErrorKind::Format,
                 "CharModel::load",
@@ -768,19 +938,34 @@ impl<F: Real> CharModel<F> {
     }
 }
 
-/// The number of parameters of a model, or `None` on overflow:
-/// V·E + 4H·(E + H + 2) + (L − 1)·4H·(2H + 2) + V·H + V.
-fn num_params(v: usize, c: &CharModelConfig) -> Option<usize> {
+/// The number of parameters of a model of `cell`, or `None` on overflow:
+/// V·E for the encoder, per layer what the cell declares (`weight_ih`
+/// [G·H × in], `weight_hh` [G_h·H × O], both biases, further parameters),
+/// V·O + V for the decoder.
+fn num_params<C: Cell>(cell: &C, v: usize, c: &CharModelConfig) -> Option<usize> {
     let (e, h) = (c.embed_size, c.hidden_size);
-    let h4 = h.checked_mul(4)?;
-    let first = h4.checked_mul(e.checked_add(h)?.checked_add(2)?)?;
-    let upper = h4.checked_mul(h.checked_mul(2)?.checked_add(2)?)?;
-    let upper = upper.checked_mul(c.num_layers.checked_sub(1)?)?;
-    v.checked_mul(e)?
-        .checked_add(first)?
-        .checked_add(upper)?
-        .checked_add(v.checked_mul(h)?)?
-        .checked_add(v)
+    let mut total = v.checked_mul(e)?;
+    let mut input = e;
+    let mut out = h;
+    for _ in 0..c.num_layers {
+        let spec = cell.spec(input, h);
+        out = spec.output_size;
+        let (g, gh) = (
+            spec.input_gates.checked_mul(h)?,
+            spec.recurrent_gates.checked_mul(h)?,
+        );
+        let layer = g
+            .checked_mul(input)?
+            .checked_add(gh.checked_mul(out)?)?
+            .checked_add(g)?
+            .checked_add(gh)?;
+        let extra = spec.params.iter().try_fold(0usize, |acc, p| {
+            acc.checked_add(p.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?)
+        })?;
+        total = total.checked_add(layer)?.checked_add(extra)?;
+        input = out;
+    }
+    total.checked_add(v.checked_mul(out)?)?.checked_add(v)
 }
 
 /// Rows `rows` (streams) of every [B×H] tensor of `state`.
@@ -797,7 +982,7 @@ fn state_rows<F: Real>(state: &StateTensors<F>, rows: &Range<usize>) -> StateTen
     StateTensors {
         h: pick(&state.h),
         c: state.c.as_ref().map(pick),
-        extra: Vec::new(),
+        extra: state.extra.iter().map(pick).collect(),
     }
 }
 
@@ -823,6 +1008,8 @@ fn stack_state_rows<F: Real>(parts: &[StateTensors<F>]) -> StateTensors<F> {
             .c
             .as_ref()
             .map(|_| stack(&|p| p.c.as_ref().expect("every shard has a cell state"))),
-        extra: Vec::new(),
+        extra: (0..parts[0].extra.len())
+            .map(|k| stack(&|p| &p.extra[k]))
+            .collect(),
     }
 }

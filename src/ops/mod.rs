@@ -26,10 +26,12 @@ pub(crate) mod linalg;
 pub(crate) mod loss;
 pub(crate) mod norm;
 pub(crate) mod reduce;
+pub(crate) mod scan;
 pub(crate) mod select;
 pub(crate) mod shape;
 pub(crate) mod unary;
 
+pub use dropout::dropout_mask;
 pub(crate) use linalg::sweep::{CheckGrad, WeightGrads};
 pub use loss::Reduction;
 
@@ -64,6 +66,8 @@ pub(crate) enum Op<F> {
     Select(select::SelectOp),
     /// Layer normalisation with its saved row statistics (`norm.rs`).
     Norm(norm::NormOp<F>),
+    /// The linear recurrence over a whole sequence (`scan.rs`).
+    Scan(scan::ScanOp),
 }
 
 /// What a backward rule reads: input values, output value, output gradient.
@@ -159,6 +163,7 @@ impl<F: Real> Op<F> {
             Op::Dropout(o) => o.name(),
             Op::Select(o) => o.name().into(),
             Op::Norm(o) => o.name(),
+            Op::Scan(o) => o.name().into(),
         }
     }
 
@@ -175,6 +180,7 @@ impl<F: Real> Op<F> {
             Op::Dropout(o) => o.backward(k, ctx, slot),
             Op::Select(o) => o.backward(k, ctx, slot),
             Op::Norm(o) => o.backward(k, ctx, slot),
+            Op::Scan(o) => o.backward(k, ctx, slot),
         }
     }
 
@@ -188,6 +194,7 @@ impl<F: Real> Op<F> {
             Op::Linalg(o) => o.reads_input(k),
             Op::Loss(o) => o.reads_input(k),
             Op::Norm(o) => o.reads_input(k),
+            Op::Scan(o) => o.reads_input(k),
             // Routed by shape alone, or by saved masks and indices.
             Op::Reduce(_) | Op::Shape(_) | Op::Dropout(_) | Op::Select(_) => false,
         }
@@ -202,6 +209,7 @@ impl<F: Real> Op<F> {
         match self {
             Op::Unary(o, _) => o.reads_output(),
             Op::Loss(o) => o.reads_output(),
+            Op::Scan(o) => o.reads_output(),
             Op::Leaf
             | Op::Param(_)
             | Op::Binary(_)
