@@ -50,7 +50,8 @@
 //!   `1.0 - x` for f32 and f64); code generic over `F` writes
 //!   `x.scale(3.0)`, `x.shift(1.0)`.
 //! - [`ParamStore`], [`ParamKey`]: parameters that outlive a tape.
-//! - [`layers`]: `Linear`, `Embedding`, `Rnn`, `Lstm`, `Gru` from the
+//! - [`layers`]: `Linear`, `Embedding`, `Rnn`, `Lstm`, `Gru` and the LSTM
+//!   variants `ProjLstm`, `LayerNormLstm`, `PeepholeLstm` from the
 //!   primitives, with PyTorch's parameter names; any recurrent cell of your
 //!   own through [`layers::Cell`] (one `step` written with tape ops), run by
 //!   the same engine with stacking, directions, lengths and truncated BPTT,
