@@ -34,7 +34,10 @@ use tapegrad::checkpoint;
 use tapegrad::distributed::{
     check_params_equal, fingerprint, rank_streams, Collective, Timed, WorldDescription,
 };
-use tapegrad::layers::{Cell, GruCell, LstmCell, MinGruCell, MinLstmCell, RnnCell};
+use tapegrad::layers::{
+    Cell, GruCell, LayerNormLstmCell, LstmCell, MinGruCell, MinLstmCell, PeepholeLstmCell,
+    ProjLstmCell, RnnCell,
+};
 use tapegrad::models::{CharModel, CharModelConfig, CharStreams, Sampling, Vocab};
 use tapegrad::optim::{Adagrad, Adam, LrSchedule, Optimizer, RmsProp, Sgd};
 use tapegrad::parallel::DataParallel;
@@ -46,7 +49,9 @@ Train a character-level LSTM language model.
 usage: cargo run --release --example char_lstm -- [options]
 
   --corpus PATH         text to learn [data/kjv-genesis-deuteronomy.txt]
-  --cell NAME           recurrent cell: lstm | gru | rnn (tanh) | mingru | minlstm [lstm]
+  --cell NAME           recurrent cell [lstm]: lstm | gru | rnn (tanh) | mingru |
+                        minlstm | ln_lstm (layer-normalised) | peephole_lstm |
+                        proj_lstm (h projected to hidden/2)
   --hidden N            LSTM hidden size [256]
   --embed N             character embedding size [64]
   --layers N            stacked LSTM layers [2]
@@ -221,6 +226,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "unknown cell `{}` (--cell {})",
             a.cell,
             CELLS.join(" | ")
+        ));
+    }
+    if a.cell == "proj_lstm" && a.hidden < 2 {
+        return Err(format!(
+            "--cell proj_lstm projects h to --hidden / 2, so --hidden must be at least 2 (got {})",
+            a.hidden
         ));
     }
     if !(0.0..0.5).contains(&a.val_fraction) {
@@ -528,6 +539,9 @@ fn main() {
         if e.downcast_ref::<Everywhere>().is_some() && world.size() > 1 {
             // Every rank stops here: finalise together, no abort needed.
             say_rank(&world, &e);
+            // With `--features mpi` dropping the world finalises MPI on
+            // every rank; without it the world is a plain value.
+            #[allow(clippy::drop_non_drop)]
             drop(world);
             std::process::exit(1);
         }
@@ -547,7 +561,16 @@ struct Report {
 }
 
 /// The cells `--cell` names, in `--help`'s order.
-const CELLS: [&str; 5] = ["lstm", "gru", "rnn", "mingru", "minlstm"];
+const CELLS: [&str; 8] = [
+    "lstm",
+    "gru",
+    "rnn",
+    "mingru",
+    "minlstm",
+    "ln_lstm",
+    "peephole_lstm",
+    "proj_lstm",
+];
 
 /// The run with the cell `--cell` names: one arm per cell.
 fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn std::error::Error>> {
@@ -557,6 +580,9 @@ fn run<C: Collective>(args: &Args, world: &Timed<C>) -> Result<Report, Box<dyn s
         "rnn" => train(RnnCell, args, world),
         "mingru" => train(MinGruCell::parallel(), args, world),
         "minlstm" => train(MinLstmCell::parallel(), args, world),
+        "ln_lstm" => train(LayerNormLstmCell::default(), args, world),
+        "peephole_lstm" => train(PeepholeLstmCell, args, world),
+        "proj_lstm" => train(ProjLstmCell::new(args.hidden / 2), args, world),
         other => Err(format!("unknown cell `{other}` (--cell {})", CELLS.join(" | ")).into()),
     }
 }
@@ -1096,6 +1122,10 @@ mod tests {
             (
                 &["--embed-dropout", "2"],
                 "--embed-dropout 2 is not in [0, 1)",
+            ),
+            (
+                &["--cell", "proj_lstm", "--hidden", "1"],
+                "--hidden must be at least 2 (got 1)",
             ),
         ] {
             let err = parse(flags).unwrap_err();
