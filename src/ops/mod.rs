@@ -24,6 +24,7 @@ pub(crate) mod broadcast;
 pub(crate) mod dropout;
 pub(crate) mod linalg;
 pub(crate) mod loss;
+pub(crate) mod recompute;
 pub(crate) mod reduce;
 pub(crate) mod select;
 pub(crate) mod shape;
@@ -61,6 +62,8 @@ pub(crate) enum Op<F> {
     Dropout(dropout::DropoutOp<F>),
     /// Elementwise select by a mask (`select.rs`).
     Select(select::SelectOp),
+    /// A checkpointed function, re-run in backward (`recompute.rs`).
+    Recompute(recompute::RecomputeOp<F>),
 }
 
 /// What a backward rule reads: input values, output value, output gradient.
@@ -155,6 +158,7 @@ impl<F: Real> Op<F> {
             Op::Loss(o) => o.name(),
             Op::Dropout(o) => o.name(),
             Op::Select(o) => o.name().into(),
+            Op::Recompute(o) => o.name().into(),
         }
     }
 
@@ -170,6 +174,7 @@ impl<F: Real> Op<F> {
             Op::Loss(o) => o.backward(k, ctx, slot),
             Op::Dropout(o) => o.backward(k, ctx, slot),
             Op::Select(o) => o.backward(k, ctx, slot),
+            Op::Recompute(o) => o.backward(k, ctx, slot),
         }
     }
 
@@ -182,6 +187,8 @@ impl<F: Real> Op<F> {
             Op::Unary(o, _) => o.reads_input(),
             Op::Linalg(o) => o.reads_input(k),
             Op::Loss(o) => o.reads_input(k),
+            // The re-run starts from every input's value.
+            Op::Recompute(_) => true,
             // Routed by shape alone, or by saved masks and indices.
             Op::Reduce(_) | Op::Shape(_) | Op::Dropout(_) | Op::Select(_) => false,
         }
@@ -203,7 +210,8 @@ impl<F: Real> Op<F> {
             | Op::Reduce(_)
             | Op::Shape(_)
             | Op::Dropout(_)
-            | Op::Select(_) => false,
+            | Op::Select(_)
+            | Op::Recompute(_) => false,
         }
     }
 

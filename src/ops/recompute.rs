@@ -1,0 +1,287 @@
+//! Gradient checkpointing (rematerialisation): a function of some vars
+//! recorded as **one** node that keeps only its inputs and outputs, and
+//! re-runs the function during the reverse sweep to differentiate it
+//! (Chen et al. 2016, "Training deep nets with sublinear memory cost";
+//! Gruslys et al. 2016, "Memory-efficient backpropagation through time").
+//!
+//! Forward: `f` runs on a scratch tape whose leaves are copies of the input
+//! values; its outputs are flattened and concatenated into the node's one
+//! value, and the scratch tape — every intermediate `f` recorded — is
+//! dropped. The outputs the caller sees are slices of that value.
+//!
+//! Backward, when the sweep reaches the node (all gradients of its outputs
+//! are complete, since every consumer comes later on the tape): `f` runs
+//! again on a fresh scratch tape from the same input values — bitwise the
+//! same forward, as every op is deterministic — the packed output is seeded
+//! with the node's output gradient gy, and the scratch tape's own sweep
+//! gives ∂L/∂x_k = J_kᵀ·gy for every input k, the exact vector–Jacobian
+//! product of `f`. Computed once, on the rule's first call for the node;
+//! each input's rule call takes its gradient from that result.
+//!
+//! Memory: the outer tape keeps the inputs and the packed outputs only; the
+//! recomputation lives while its node is differentiated, then goes. Time:
+//! one more forward pass of `f`. The recurrent engine uses this for its
+//! checkpointed segments (`layers::Checkpointing`); [`Tape::checkpoint`] is
+//! the same for any user function.
+//!
+//! Why a boxed function in a closed op enum: the node must be able to run
+//! code the crate does not know (a user's cell) again at backward time. The
+//! function is `'static` and owns what it needs; values that may carry a
+//! gradient come in as inputs, never by capture (a captured var of the
+//! outer tape could not be read on the scratch tape: that is refused as a
+//! foreign-tape operand).
+
+use super::{BackwardCtx, GradSlot, Op};
+use crate::error::{fail, Error, ErrorKind, Result};
+use crate::tensor::{Shape, Tensor};
+use crate::{Real, Tape, Var};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// A function a checkpoint node runs (forward) and re-runs (backward): from
+/// vars on a scratch tape to vars on the same tape.
+///
+/// Implemented for every `Fn(&Tape<F>, &[Var<F>]) -> Vec<Var<F>>` that is
+/// `Send + Sync + 'static`; pass a closure to [`Tape::checkpoint`].
+pub trait Segment<F>: Send + Sync + 'static {
+    /// Records the function on `tape` from `inputs` (leaves on `tape`).
+    fn run<'s>(&self, tape: &'s Tape<F>, inputs: &[Var<'s, F>]) -> Vec<Var<'s, F>>
+    where
+        F: Real;
+}
+
+impl<F: Real, G> Segment<F> for G
+where
+    G: for<'s> Fn(&'s Tape<F>, &[Var<'s, F>]) -> Vec<Var<'s, F>> + Send + Sync + 'static,
+{
+    fn run<'s>(&self, tape: &'s Tape<F>, inputs: &[Var<'s, F>]) -> Vec<Var<'s, F>>
+    where
+        F: Real,
+    {
+        self(tape, inputs)
+    }
+}
+
+/// The node of a checkpointed function.
+pub(crate) struct RecomputeOp<F> {
+    f: Arc<dyn Segment<F>>,
+    /// Whether input k requires its gradient (a leaf of the scratch tape
+    /// that is a var, not a constant).
+    needs: Vec<bool>,
+    /// The gradients of the inputs from the one re-run, taken one by one by
+    /// the rule's calls (empty between backward passes).
+    grads: RefCell<Vec<Option<Tensor<F>>>>,
+}
+
+impl<F: Real> RecomputeOp<F> {
+    pub(crate) fn name(&self) -> &'static str {
+        "checkpoint"
+    }
+
+    /// ∂L/∂x_k = J_kᵀ·gy of the function, from its re-run (see the module
+    /// doc). The first call for a node re-runs `f` and keeps every input's
+    /// gradient; each call hands its own out.
+    pub(crate) fn backward(&self, k: usize, c: &BackwardCtx<'_, F>, slot: GradSlot<'_, F>) {
+        let mut grads = self.grads.borrow_mut();
+        if grads.iter().all(Option::is_none) {
+            *grads = or_fail(self.rerun(c));
+        }
+        let g = grads[k]
+            .take()
+            .unwrap_or_else(|| panic!("checkpoint: gradient of input {k} asked for twice"));
+        slot.put_slice(g.data());
+    }
+
+    /// Re-runs the function on a scratch tape and back-propagates gy.
+    fn rerun(&self, c: &BackwardCtx<'_, F>) -> Result<Vec<Option<Tensor<F>>>> {
+        let scratch = Tape::new();
+        let leaves = leaves_on(&scratch, c.x, &self.needs);
+        let outs = self.f.run(&scratch, &leaves);
+        let packed = pack(&outs);
+        if packed.shape().as_slice() != c.gy.shape() {
+            return Err(Error::new(
+                ErrorKind::Shape,
+                "checkpoint",
+                format!(
+                    "the function's outputs changed between forward and recompute: {} elements now, {} then",
+                    packed.shape().as_slice()[0],
+                    c.gy.numel()
+                ),
+            ));
+        }
+        let g = if packed.requires_grad() {
+            Some(packed.try_backward_with(c.gy.clone())?)
+        } else {
+            None
+        };
+        Ok(leaves
+            .iter()
+            .zip(&self.needs)
+            .map(|(&v, &need)| {
+                need.then(|| match &g {
+                    Some(g) => g.wrt(v).clone(),
+                    None => Tensor::zeros(v.shape().as_slice()),
+                })
+            })
+            .collect())
+    }
+}
+
+#[track_caller]
+fn or_fail<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| fail(e))
+}
+
+/// The inputs as leaves of `scratch`: vars where a gradient is needed,
+/// constants elsewhere.
+fn leaves_on<'s, F: Real>(
+    scratch: &'s Tape<F>,
+    x: &[&Tensor<F>],
+    needs: &[bool],
+) -> Vec<Var<'s, F>> {
+    x.iter()
+        .zip(needs)
+        .map(|(&x, &need)| {
+            if need {
+                scratch.var(x.clone())
+            } else {
+                scratch.constant(x.clone())
+            }
+        })
+        .collect()
+}
+
+/// Every output flattened and concatenated, in order: one var.
+fn pack<'s, F: Real>(outs: &[Var<'s, F>]) -> Var<'s, F> {
+    let flat: Vec<Var<'s, F>> = outs
+        .iter()
+        .map(|v| v.reshape(&[v.shape().iter().product()]))
+        .collect();
+    Var::concat(&flat, 0)
+}
+
+impl<F: Real> Tape<F> {
+    /// Runs `f` on `inputs` as one checkpointed node: only the inputs and
+    /// the outputs stay on this tape; every intermediate value `f` records
+    /// is dropped after the forward pass and recomputed (by running `f`
+    /// once more) when the reverse sweep reaches the node. The gradients
+    /// are those of `f` itself, computed by the same ops on the same values.
+    ///
+    /// `f` receives the inputs as leaves of a scratch tape and returns its
+    /// outputs on that tape; it must be a pure function of them (values it
+    /// captures are constants; anything that needs a gradient, parameters
+    /// included, comes in `inputs`), and must record the same ops on every
+    /// run (draw dropout masks from seeds it captures).
+    ///
+    /// This is how a long sequence trains in O(√T) memory: split it into
+    /// segments of about √T steps, each one checkpoint from the state at its
+    /// start (plus the parameters) to the state at its end and the segment's
+    /// loss. The recurrent layers do this for their own steps with
+    /// [`RecurrentConfig::checkpoint`](crate::layers::RecurrentConfig::checkpoint).
+    ///
+    /// # Panics
+    /// If `inputs` is empty or holds a var of another tape, or `f` returns
+    /// no output.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let w = tape.var(Tensor::from_vec(vec![0.5, -0.3], &[1, 2]).unwrap());
+    /// let mut h = tape.constant(Tensor::from_vec(vec![0.1, 0.2], &[1, 2]).unwrap());
+    /// // Four steps h ← tanh(h ⊙ w + 1), two per checkpointed segment.
+    /// for _ in 0..2 {
+    ///     h = tape.checkpoint(&[h, w], |_, v| {
+    ///         let (mut h, w) = (v[0], v[1]);
+    ///         for _ in 0..2 {
+    ///             h = (h * w + 1.0).tanh();
+    ///         }
+    ///         vec![h]
+    ///     })[0];
+    /// }
+    /// let g = h.sum().backward();
+    ///
+    /// // The same four steps, plainly recorded: the same gradient, bit for bit.
+    /// let plain = Tape::<f64>::new();
+    /// let w2 = plain.var(Tensor::from_vec(vec![0.5, -0.3], &[1, 2]).unwrap());
+    /// let mut h2 = plain.constant(Tensor::from_vec(vec![0.1, 0.2], &[1, 2]).unwrap());
+    /// for _ in 0..4 {
+    ///     h2 = (h2 * w2 + 1.0).tanh();
+    /// }
+    /// assert_eq!(h.value().data(), h2.value().data());
+    /// // (w's gradient sums two segments' sums here: equal up to rounding.)
+    /// let (a, b) = (g.wrt(w).data(), plain_grad(h2, w2));
+    /// assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-15 * y.abs().max(1.0)));
+    /// # fn plain_grad(h: tapegrad::Var<'_, f64>, w: tapegrad::Var<'_, f64>) -> Vec<f64> {
+    /// #     h.sum().backward().wrt(w).data().to_vec()
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn checkpoint<'t, G>(&'t self, inputs: &[Var<'t, F>], f: G) -> Vec<Var<'t, F>>
+    where
+        G: for<'s> Fn(&'s Tape<F>, &[Var<'s, F>]) -> Vec<Var<'s, F>> + Send + Sync + 'static,
+    {
+        self.checkpoint_arc(inputs, Arc::new(f))
+    }
+
+    /// [`Tape::checkpoint`] with a shared function.
+    #[track_caller]
+    pub(crate) fn checkpoint_arc<'t>(
+        &'t self,
+        inputs: &[Var<'t, F>],
+        f: Arc<dyn Segment<F>>,
+    ) -> Vec<Var<'t, F>> {
+        if inputs.is_empty() {
+            fail(Error::new(
+                ErrorKind::InvalidArgument,
+                "checkpoint",
+                "needs at least one input (a function of nothing has no gradient to recompute)",
+            ));
+        }
+        let needs: Vec<bool> = inputs.iter().map(|v| v.requires_grad()).collect();
+        let mut shapes: Vec<Shape> = Vec::new();
+        let packed = self.record("checkpoint", inputs, |x, pool| {
+            let scratch = Tape::new();
+            let leaves = leaves_on(&scratch, x, &needs);
+            let outs = f.run(&scratch, &leaves);
+            if outs.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "checkpoint",
+                    "the function returned no output",
+                ));
+            }
+            shapes = outs.iter().map(|v| v.shape()).collect();
+            let packed = pack(&outs);
+            let value = packed.value();
+            let buf = pool.copy_of(value.data(), "checkpoint")?;
+            let n = buf.len();
+            Ok((
+                Op::Recompute(RecomputeOp {
+                    f: f.clone(),
+                    needs: needs.clone(),
+                    grads: RefCell::new(Vec::new()),
+                }),
+                Tensor::from_parts([n][..].into(), buf),
+            ))
+        });
+        let mut at = 0;
+        let outs = shapes
+            .iter()
+            .map(|s| {
+                let n: usize = s.iter().product();
+                let part = packed.slice(0, at, n);
+                at += n;
+                if s.len() == 1 {
+                    part
+                } else {
+                    let v = part.reshape(s);
+                    part.release();
+                    v
+                }
+            })
+            .collect();
+        // The packed value is read by no rule (its own reads its inputs).
+        packed.release();
+        outs
+    }
+}
