@@ -34,7 +34,7 @@ pub use embedding::Embedding;
 pub use gru::{Gru, GruCell};
 pub use linear::Linear;
 pub use lstm::{Lstm, LstmCell};
-pub use recurrent::{Recurrent, RecurrentConfig, RunOptions, SeqOutput};
+pub use recurrent::{Checkpointing, Recurrent, RecurrentConfig, RunOptions, SeqOutput};
 pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};
 
