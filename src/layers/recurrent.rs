@@ -569,6 +569,20 @@ impl<C: Cell> Recurrent<C> {
         &self.cfg
     }
 
+    /// Turns checkpointed BPTT on or off for this layer (see
+    /// [`Checkpointing`]); parameters and results are unchanged, only what
+    /// the tape keeps.
+    ///
+    /// ```
+    /// use tapegrad::layers::{Checkpointing, Lstm, RecurrentConfig};
+    /// let mut lstm = Lstm::new(&mut tapegrad::ParamStore::<f32>::new(), "lstm", RecurrentConfig::new(2, 3), 0);
+    /// lstm.set_checkpoint(Checkpointing::Every(50));
+    /// assert_eq!(lstm.config().checkpoint, Checkpointing::Every(50));
+    /// ```
+    pub fn set_checkpoint(&mut self, how: Checkpointing) {
+        self.cfg.checkpoint = how;
+    }
+
     /// The cell.
     pub fn cell(&self) -> &C {
         &self.cell

@@ -33,6 +33,7 @@
 
 use super::{BackwardCtx, GradSlot, Op};
 use crate::error::{fail, Error, ErrorKind, Result};
+use crate::params::ParamKey;
 use crate::tensor::{Shape, Tensor};
 use crate::{Real, Tape, Var};
 use std::cell::RefCell;
@@ -68,6 +69,9 @@ pub(crate) struct RecomputeOp<F> {
     /// Whether input k requires its gradient (a leaf of the scratch tape
     /// that is a var, not a constant).
     needs: Vec<bool>,
+    /// The key of each input that is a bound parameter (bound under the
+    /// same key on the scratch tape).
+    keys: Vec<Option<ParamKey>>,
     /// The gradients of the inputs from the one re-run, taken one by one by
     /// the rule's calls (empty between backward passes).
     grads: RefCell<Vec<Option<Tensor<F>>>>,
@@ -95,7 +99,7 @@ impl<F: Real> RecomputeOp<F> {
     /// Re-runs the function on a scratch tape and back-propagates gy.
     fn rerun(&self, c: &BackwardCtx<'_, F>) -> Result<Vec<Option<Tensor<F>>>> {
         let scratch = Tape::new();
-        let leaves = leaves_on(&scratch, c.x, &self.needs);
+        let leaves = leaves_on(&scratch, c.x, &self.needs, &self.keys);
         let outs = self.f.run(&scratch, &leaves);
         let packed = pack(&outs);
         if packed.shape().as_slice() != c.gy.shape() {
@@ -133,22 +137,26 @@ fn or_fail<T>(r: Result<T>) -> T {
 }
 
 /// The inputs as leaves of `scratch`: vars where a gradient is needed,
-/// constants elsewhere.
+/// constants elsewhere, parameters bound under their keys; then the
+/// scratch tape is sealed (no other parameter may be bound on it).
 fn leaves_on<'s, F: Real>(
     scratch: &'s Tape<F>,
     x: &[&Tensor<F>],
     needs: &[bool],
+    keys: &[Option<ParamKey>],
 ) -> Vec<Var<'s, F>> {
-    x.iter()
+    let leaves = x
+        .iter()
         .zip(needs)
-        .map(|(&x, &need)| {
-            if need {
-                scratch.var(x.clone())
-            } else {
-                scratch.constant(x.clone())
-            }
+        .zip(keys)
+        .map(|((&x, &need), key)| match key {
+            Some(k) => scratch.bind_param_value(*k, x.clone(), need),
+            None if need => scratch.var(x.clone()),
+            None => scratch.constant(x.clone()),
         })
-        .collect()
+        .collect();
+    scratch.seal();
+    leaves
 }
 
 /// Every output flattened and concatenated, in order: one var.
@@ -169,9 +177,18 @@ impl<F: Real> Tape<F> {
     ///
     /// `f` receives the inputs as leaves of a scratch tape and returns its
     /// outputs on that tape; it must be a pure function of them (values it
-    /// captures are constants; anything that needs a gradient, parameters
-    /// included, comes in `inputs`), and must record the same ops on every
-    /// run (draw dropout masks from seeds it captures).
+    /// captures are constants; anything that needs a gradient comes in
+    /// `inputs`), and must record the same ops on every run (draw dropout
+    /// masks from seeds it captures).
+    ///
+    /// Parameters: pass each one `f` reads as an input bound on this tape
+    /// (`tape.param(store, key)`); on the scratch tape it is bound under
+    /// the same key, so code in `f` that binds parameters from a store — a
+    /// layer's `forward` — gets the input without reading the store (any
+    /// store will do, an empty one included), and its gradient reaches this
+    /// tape's parameter. Binding a parameter that is not among the inputs
+    /// panics (`ErrorKind::InvalidArgument`, naming it) rather than lose its
+    /// gradient.
     ///
     /// This is how a long sequence trains in O(√T) memory: split it into
     /// segments of about √T steps, each one checkpoint from the state at its
@@ -238,10 +255,20 @@ impl<F: Real> Tape<F> {
             ));
         }
         let needs: Vec<bool> = inputs.iter().map(|v| v.requires_grad()).collect();
+        let keys: Vec<Option<ParamKey>> = inputs
+            .iter()
+            .map(|v| {
+                if v.is_on(self) {
+                    self.param_key(v.id())
+                } else {
+                    None
+                }
+            })
+            .collect();
         let mut shapes: Vec<Shape> = Vec::new();
         let packed = self.record("checkpoint", inputs, |x, pool| {
             let scratch = Tape::new();
-            let leaves = leaves_on(&scratch, x, &needs);
+            let leaves = leaves_on(&scratch, x, &needs, &keys);
             let outs = f.run(&scratch, &leaves);
             if outs.is_empty() {
                 return Err(Error::new(
@@ -259,6 +286,7 @@ impl<F: Real> Tape<F> {
                 Op::Recompute(RecomputeOp {
                     f: f.clone(),
                     needs: needs.clone(),
+                    keys: keys.clone(),
                     grads: RefCell::new(Vec::new()),
                 }),
                 Tensor::from_parts([n][..].into(), buf),

@@ -106,6 +106,10 @@ pub(crate) struct Inner<F> {
     pub(crate) param_names: HashMap<ParamKey, String>,
     /// Check every value and gradient for NaN/Inf as it is produced.
     pub(crate) anomaly: bool,
+    /// The scratch tape of a checkpointed function: every parameter it may
+    /// read was bound by the checkpoint from its inputs, so binding another
+    /// one is refused (its gradient would not reach the outer tape).
+    pub(crate) sealed: bool,
 }
 
 /// A tape that records operations on [`Var`]s and differentiates them.
@@ -169,6 +173,7 @@ impl<F: Real> Tape<F> {
                 bound: HashMap::new(),
                 param_names: HashMap::new(),
                 anomaly: false,
+                sealed: false,
             }),
         }
     }
@@ -411,6 +416,21 @@ impl<F: Real> Tape<F> {
         if let Some(&id) = self.inner.borrow().bound.get(&key) {
             return Ok(Var::new(self, id));
         }
+        if self.inner.borrow().sealed {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "param",
+                format!(
+                    "parameter '{}' is read inside a checkpointed function but is not among its \
+                     inputs: pass tape.param(store, key) in the inputs of Tape::checkpoint, or its \
+                     gradient would be lost",
+                    store
+                        .try_param(key)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|_| format!("{key:?}"))
+                ),
+            ));
+        }
         let src = store.try_get(key)?;
         let value = {
             let mut inner = self.inner.borrow_mut();
@@ -425,6 +445,34 @@ impl<F: Real> Tape<F> {
             .entry(key)
             .or_insert_with(|| store.name(key).to_string());
         Ok(v)
+    }
+
+    /// Binds `value` as parameter `key` (a leaf, requiring its gradient if
+    /// `requires_grad`) without reading a store: the scratch tape of a
+    /// checkpointed function, whose parameters come in as inputs.
+    pub(crate) fn bind_param_value(
+        &self,
+        key: ParamKey,
+        value: Tensor<F>,
+        requires_grad: bool,
+    ) -> Var<'_, F> {
+        let v = self.push_leaf(Op::Param(key), value, requires_grad);
+        self.inner.borrow_mut().bound.insert(key, v.id());
+        v
+    }
+
+    /// Refuses to bind any further parameter from a store (see
+    /// `Inner::sealed`).
+    pub(crate) fn seal(&self) {
+        self.inner.borrow_mut().sealed = true;
+    }
+
+    /// The key of node `id` if it is a bound parameter.
+    pub(crate) fn param_key(&self, id: NodeId) -> Option<ParamKey> {
+        match self.inner.borrow().nodes[id as usize].op {
+            Op::Param(k) => Some(k),
+            _ => None,
+        }
     }
 
     // ----- scopes ---------------------------------------------------------
