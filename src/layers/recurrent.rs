@@ -40,26 +40,31 @@ struct Bound<'t, F: Real> {
     extra: Vec<Var<'t, F>>,
 }
 
-/// One layer-direction's parameters bound on a tape, unprocessed (the
-/// inputs of a checkpointed segment, in this order).
+/// One layer-direction's parameters bound on a tape, the input bias
+/// folded but the weights not reordered: the inputs of a checkpointed
+/// segment, in this order. (The folded bias is summed on the outer tape,
+/// so its gradient accumulates over the segments as over the plain run's
+/// chunks.)
 struct DirVars<'t, F: Real> {
     w_ih: Option<Var<'t, F>>,
     w_hh: Option<Var<'t, F>>,
-    b_ih: Option<Var<'t, F>>,
-    b_hh: Option<Var<'t, F>>,
+    /// b_ih (+ b_hh when folded).
+    bias: Option<Var<'t, F>>,
+    /// b_hh when the cell keeps it in its step.
+    step_b_hh: Option<Var<'t, F>>,
     extra: Vec<Var<'t, F>>,
 }
 
 impl<'t, F: Real> DirVars<'t, F> {
-    /// Which of W_ih, W_hh, b_ih, b_hh there are.
+    /// Which of W_ih, W_hh, the bias, the step's b_hh there are.
     fn present(&self) -> [bool; 4] {
-        [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh].map(Option::is_some)
+        [&self.w_ih, &self.w_hh, &self.bias, &self.step_b_hh].map(Option::is_some)
     }
 
-    /// The vars in order: those of W_ih, W_hh, b_ih, b_hh there are, then
-    /// the further parameters.
+    /// The vars in order: those of W_ih, W_hh, the bias, the step's b_hh
+    /// there are, then the further parameters.
     fn into_list(self) -> Vec<Var<'t, F>> {
-        [self.w_ih, self.w_hh, self.b_ih, self.b_hh]
+        [self.w_ih, self.w_hh, self.bias, self.step_b_hh]
             .into_iter()
             .flatten()
             .chain(self.extra)
@@ -70,7 +75,7 @@ impl<'t, F: Real> DirVars<'t, F> {
     fn from_list(present: [bool; 4], list: &[Var<'t, F>]) -> Self {
         let mut it = list.iter().copied();
         let mut next = |p: bool| if p { it.next() } else { None };
-        let (w_ih, w_hh, b_ih, b_hh) = (
+        let (w_ih, w_hh, bias, step_b_hh) = (
             next(present[0]),
             next(present[1]),
             next(present[2]),
@@ -79,8 +84,8 @@ impl<'t, F: Real> DirVars<'t, F> {
         DirVars {
             w_ih,
             w_hh,
-            b_ih,
-            b_hh,
+            bias,
+            step_b_hh,
             extra: it.collect(),
         }
     }
@@ -1004,7 +1009,9 @@ impl<C: Cell> Recurrent<C> {
         State::from_entries(out)
     }
 
-    /// Binds one layer-direction's parameters on `tape`.
+    /// Binds one layer-direction's parameters on `tape`, with the input
+    /// bias b = b_ih + b_hh (summed once as a [G·H] vector when the cell
+    /// folds b_hh; b_ih alone otherwise) and the b_hh a step adds itself.
     fn bind_vars<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
@@ -1012,32 +1019,32 @@ impl<C: Cell> Recurrent<C> {
         p: &DirParams,
     ) -> DirVars<'t, F> {
         let bind = |k: ParamKey| tape.param(store, k);
+        let (w_ih, w_hh) = (p.w_ih.map(bind), p.w_hh.map(bind));
+        let (b_ih, b_hh) = (p.b_ih.map(bind), p.b_hh.map(bind));
+        let (folded, step_b_hh) = if self.folds_hidden_bias() {
+            (b_hh, None)
+        } else {
+            (None, b_hh)
+        };
+        let bias = match (b_ih, folded) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
         DirVars {
-            w_ih: p.w_ih.map(bind),
-            w_hh: p.w_hh.map(bind),
-            b_ih: p.b_ih.map(bind),
-            b_hh: p.b_hh.map(bind),
+            w_ih,
+            w_hh,
+            bias,
+            step_b_hh,
             extra: p.extra.iter().map(|&k| bind(k)).collect(),
         }
     }
 
     /// One layer-direction's parameters as the steps read them: W_ih and
-    /// W_hh (reordered to Wᵀ once when `reorder`, for a whole sequence:
-    /// row-major products run 1.3–1.6× faster than `x·Wᵀ` with W in
+    /// W_hh reordered to Wᵀ once when `reorder`, for a whole sequence
+    /// (row-major products run 1.3–1.6× faster than `x·Wᵀ` with W in
     /// PyTorch's layout, and the transposes are one copy each per sequence,
-    /// not per step), the input bias b = b_ih + b_hh (summed once as a
-    /// [G·H] vector when the cell folds b_hh; b_ih alone otherwise), the
-    /// b_hh a step adds itself, and the cell's further parameters.
+    /// not per step).
     fn bound_of<'t, F: Real>(&self, p: DirVars<'t, F>, reorder: bool) -> Bound<'t, F> {
-        let (folded, step_b_hh) = if self.folds_hidden_bias() {
-            (p.b_hh, None)
-        } else {
-            (None, p.b_hh)
-        };
-        let bias = match (p.b_ih, folded) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        };
         let weight = |w: Var<'t, F>| {
             if reorder {
                 Weight::Transposed(w.transpose())
@@ -1048,8 +1055,8 @@ impl<C: Cell> Recurrent<C> {
         Bound {
             w_ih: p.w_ih.map(weight),
             w_hh: p.w_hh.map(weight),
-            bias,
-            step_b_hh,
+            bias: p.bias,
+            step_b_hh: p.step_b_hh,
             extra: p.extra,
         }
     }

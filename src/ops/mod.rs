@@ -174,7 +174,23 @@ impl<F: Real> Op<F> {
             Op::Loss(o) => o.backward(k, ctx, slot),
             Op::Dropout(o) => o.backward(k, ctx, slot),
             Op::Select(o) => o.backward(k, ctx, slot),
-            Op::Recompute(o) => o.backward(k, ctx, slot),
+            Op::Recompute(_) => unreachable!("a checkpoint's rule takes all slots at once"),
+        }
+    }
+
+    /// Whether the rule computes every input's gradient at once
+    /// ([`Op::backward_all`]) instead of one input at a time.
+    pub(crate) fn takes_all_slots(&self) -> bool {
+        matches!(self, Op::Recompute(_))
+    }
+
+    /// For an op that [`Op::takes_all_slots`]: adds ∂L/∂x_k onto `slots[k]`
+    /// (the gradient accumulated so far, `None` for none yet) for every
+    /// input that requires a gradient, in place.
+    pub(crate) fn backward_all(&self, ctx: &BackwardCtx<'_, F>, slots: &mut [Option<Vec<F>>]) {
+        match self {
+            Op::Recompute(o) => o.backward_all(ctx, slots),
+            _ => unreachable!("{} computes one input's gradient at a time", self.name()),
         }
     }
 

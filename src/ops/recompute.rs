@@ -14,9 +14,11 @@
 //! again on a fresh scratch tape from the same input values — bitwise the
 //! same forward, as every op is deterministic — the packed output is seeded
 //! with the node's output gradient gy, and the scratch tape's own sweep
-//! gives ∂L/∂x_k = J_kᵀ·gy for every input k, the exact vector–Jacobian
-//! product of `f`. Computed once, on the rule's first call for the node;
-//! each input's rule call takes its gradient from that result.
+//! adds ∂L/∂x_k = J_kᵀ·gy, the exact vector–Jacobian product of `f`, onto
+//! each input's gradient. The rule takes all its inputs' slots at once
+//! (`Op::takes_all_slots`): each input leaf's gradient on the scratch
+//! tape starts as the outer slot's buffer, so the scratch sweep continues
+//! the outer sums in the plain run's order and nothing is copied.
 //!
 //! Memory: the outer tape keeps the inputs and the packed outputs only; the
 //! recomputation lives while its node is differentiated, then goes. Time:
@@ -31,12 +33,11 @@
 //! outer tape could not be read on the scratch tape: that is refused as a
 //! foreign-tape operand).
 
-use super::{BackwardCtx, GradSlot, Op};
+use super::{BackwardCtx, Op};
 use crate::error::{fail, Error, ErrorKind, Result};
 use crate::params::ParamKey;
 use crate::tensor::{Shape, Tensor};
 use crate::{Real, Tape, Var};
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// A function a checkpoint node runs (forward) and re-runs (backward): from
@@ -72,9 +73,6 @@ pub(crate) struct RecomputeOp<F> {
     /// The key of each input that is a bound parameter (bound under the
     /// same key on the scratch tape).
     keys: Vec<Option<ParamKey>>,
-    /// The gradients of the inputs from the one re-run, taken one by one by
-    /// the rule's calls (empty between backward passes).
-    grads: RefCell<Vec<Option<Tensor<F>>>>,
 }
 
 impl<F: Real> RecomputeOp<F> {
@@ -82,25 +80,21 @@ impl<F: Real> RecomputeOp<F> {
         "checkpoint"
     }
 
-    /// ∂L/∂x_k = J_kᵀ·gy of the function, from its re-run (see the module
-    /// doc). The first call for a node re-runs `f` and keeps every input's
-    /// gradient; each call hands its own out.
-    pub(crate) fn backward(&self, k: usize, c: &BackwardCtx<'_, F>, slot: GradSlot<'_, F>) {
-        let mut grads = self.grads.borrow_mut();
-        if grads.iter().all(Option::is_none) {
-            *grads = or_fail(self.rerun(c));
-        }
-        let g = grads[k]
-            .take()
-            .unwrap_or_else(|| panic!("checkpoint: gradient of input {k} asked for twice"));
-        slot.put_slice(g.data());
+    /// Adds ∂L/∂x_k = J_kᵀ·gy of the function onto `slots[k]` for every
+    /// input that requires a gradient, from one re-run (see the module
+    /// doc): the scratch tape's sweep starts each input leaf's gradient
+    /// from the outer slot's buffer (moved in, moved back out), so the sums
+    /// continue in the order the plain sweep makes them, with no copy.
+    pub(crate) fn backward_all(&self, c: &BackwardCtx<'_, F>, slots: &mut [Option<Vec<F>>]) {
+        or_fail(self.rerun(c, slots));
     }
 
-    /// Re-runs the function on a scratch tape and back-propagates gy.
-    fn rerun(&self, c: &BackwardCtx<'_, F>) -> Result<Vec<Option<Tensor<F>>>> {
+    /// Re-runs the function on a scratch tape and back-propagates gy onto
+    /// the input leaves.
+    fn rerun(&self, c: &BackwardCtx<'_, F>, slots: &mut [Option<Vec<F>>]) -> Result<()> {
         let scratch = Tape::new();
         let leaves = leaves_on(&scratch, c.x, &self.needs, &self.keys);
-        let outs = self.f.run(&scratch, &leaves);
+        let (outs, _) = distinct_outputs(self.f.run(&scratch, &leaves));
         let packed = pack(&outs);
         if packed.shape().as_slice() != c.gy.shape() {
             return Err(Error::new(
@@ -113,21 +107,23 @@ impl<F: Real> RecomputeOp<F> {
                 ),
             ));
         }
-        let g = if packed.requires_grad() {
-            Some(packed.try_backward_with(c.gy.clone())?)
-        } else {
-            None
-        };
-        Ok(leaves
+        if !packed.requires_grad() {
+            return Ok(()); // no input's gradient depends on the outputs
+        }
+        let start = leaves
             .iter()
             .zip(&self.needs)
-            .map(|(&v, &need)| {
-                need.then(|| match &g {
-                    Some(g) => g.wrt(v).clone(),
-                    None => Tensor::zeros(v.shape().as_slice()),
-                })
-            })
-            .collect())
+            .zip(slots.iter_mut())
+            .filter(|((_, &need), _)| need)
+            .filter_map(|((v, _), slot)| slot.take().map(|g| (v.id(), g)))
+            .collect();
+        let mut g = scratch.backward_onto(packed.id(), Some(c.gy.clone()), start)?;
+        for ((v, &need), slot) in leaves.iter().zip(&self.needs).zip(slots.iter_mut()) {
+            if need {
+                *slot = g.take(v.id());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -157,6 +153,44 @@ fn leaves_on<'s, F: Real>(
         .collect();
     scratch.seal();
     leaves
+}
+
+/// `f` of the inputs as the caller listed them, repeats included, from the
+/// node's distinct inputs.
+struct Expand<F> {
+    f: Arc<dyn Segment<F>>,
+    /// For each input the caller listed, its place among the distinct ones.
+    index: Vec<usize>,
+}
+
+impl<F: 'static> Segment<F> for Expand<F> {
+    fn run<'s>(&self, tape: &'s Tape<F>, inputs: &[Var<'s, F>]) -> Vec<Var<'s, F>>
+    where
+        F: Real,
+    {
+        let listed: Vec<Var<'s, F>> = self.index.iter().map(|&k| inputs[k]).collect();
+        self.f.run(tape, &listed)
+    }
+}
+
+/// The distinct vars among `outs` (in first-seen order) and, for each
+/// output, its place among them. A var returned twice (an RNN's last h is
+/// its last output and its final state) is one output of the node, one var
+/// outside: its gradient then arrives whole, as in the plain run, instead
+/// of in two parts summed in another order.
+fn distinct_outputs<F: Real>(outs: Vec<Var<'_, F>>) -> (Vec<Var<'_, F>>, Vec<usize>) {
+    let mut list: Vec<Var<'_, F>> = Vec::with_capacity(outs.len());
+    let at = outs
+        .iter()
+        .map(|v| match list.iter().position(|u| u.id() == v.id()) {
+            Some(k) => k,
+            None => {
+                list.push(*v);
+                list.len() - 1
+            }
+        })
+        .collect();
+    (list, at)
 }
 
 /// Every output flattened and concatenated, in order: one var.
@@ -254,6 +288,29 @@ impl<F: Real> Tape<F> {
                 "needs at least one input (a function of nothing has no gradient to recompute)",
             ));
         }
+        // The node's inputs are distinct (its rule takes their slots): a var
+        // passed twice is one input, handed to `f` at both places.
+        let mut distinct: Vec<Var<'t, F>> = Vec::with_capacity(inputs.len());
+        let index: Vec<usize> = inputs
+            .iter()
+            .map(|v| {
+                match distinct
+                    .iter()
+                    .position(|u| u.id() == v.id() && u.tape().id() == v.tape().id())
+                {
+                    Some(at) => at,
+                    None => {
+                        distinct.push(*v);
+                        distinct.len() - 1
+                    }
+                }
+            })
+            .collect();
+        let (inputs, f): (&[Var<'t, F>], Arc<dyn Segment<F>>) = if distinct.len() == inputs.len() {
+            (inputs, f)
+        } else {
+            (&distinct, Arc::new(Expand { f, index }))
+        };
         let needs: Vec<bool> = inputs.iter().map(|v| v.requires_grad()).collect();
         let keys: Vec<Option<ParamKey>> = inputs
             .iter()
@@ -266,6 +323,7 @@ impl<F: Real> Tape<F> {
             })
             .collect();
         let mut shapes: Vec<Shape> = Vec::new();
+        let mut places: Vec<usize> = Vec::new();
         let packed = self.record("checkpoint", inputs, |x, pool| {
             let scratch = Tape::new();
             let leaves = leaves_on(&scratch, x, &needs, &keys);
@@ -277,6 +335,8 @@ impl<F: Real> Tape<F> {
                     "the function returned no output",
                 ));
             }
+            let (outs, at) = distinct_outputs(outs);
+            places = at;
             shapes = outs.iter().map(|v| v.shape()).collect();
             let packed = pack(&outs);
             let value = packed.value();
@@ -287,13 +347,12 @@ impl<F: Real> Tape<F> {
                     f: f.clone(),
                     needs: needs.clone(),
                     keys: keys.clone(),
-                    grads: RefCell::new(Vec::new()),
                 }),
                 Tensor::from_parts([n][..].into(), buf),
             ))
         });
         let mut at = 0;
-        let outs = shapes
+        let parts: Vec<Var<'t, F>> = shapes
             .iter()
             .map(|s| {
                 let n: usize = s.iter().product();
@@ -310,6 +369,6 @@ impl<F: Real> Tape<F> {
             .collect();
         // The packed value is read by no rule (its own reads its inputs).
         packed.release();
-        outs
+        places.iter().map(|&k| parts[k]).collect()
     }
 }
