@@ -3,6 +3,11 @@
 //!
 //! `cargo run --release --example bptt_memory [-- S|M|L]`
 //!
+//! `cargo run --release --example bptt_memory -- steps M|L N plain|checkpointed`
+//! runs N LSTM training steps of `benches/bptt.rs`'s task (for
+//! `valgrind --tool=callgrind`, whose instruction counts are repeatable
+//! under load where timings are not).
+//!
 //! `cargo run --release --example bptt_memory -- sweep [B I H O T₁ T₂ …]`
 //! instead measures the peak of one whole-sequence gradient of an LSTM
 //! language model (`tests/common/long_lm.rs`; default B = 1, I = H = O =
@@ -77,6 +82,9 @@ fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "L".into());
     if name == "sweep" {
         return sweep(std::env::args().skip(2).collect());
+    }
+    if name == "steps" {
+        return steps(std::env::args().skip(2).collect());
     }
     let (b, i, h, o, t) = match name.as_str() {
         "S" => (1, 64, 100, 64, 25),
@@ -329,4 +337,33 @@ fn draw(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// N LSTM steps of the bench task, plain or checkpointed (`Auto`).
+fn steps(args: Vec<String>) {
+    let config = args.first().map(String::as_str).unwrap_or("M");
+    let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let checkpointed = args.get(2).map(String::as_str) == Some("checkpointed");
+    let (b, i, h, o, t) = match config {
+        "M" => (32, 64, 128, 64, 50),
+        _ => (64, 256, 512, 256, 100),
+    };
+    let x = Tensor::<f32>::randn(&[t, b, i], 11);
+    let targets: Vec<usize> = (0..t * b).map(|k| (k * 7 + 3) % o).collect();
+    let p = LstmParams::<f32>::random(i, h, o, 5);
+    let mut model = TapeModel::lstm(&p);
+    if checkpointed {
+        model = model.with_checkpoint(Checkpointing::Auto);
+    }
+    let mut tape = Tape::new();
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let (_, g) = model.step(&tape, x.data(), [t, b, i], &targets);
+        tape.reset_with(g);
+    }
+    println!(
+        "{config} {} {n} steps: {:.1} ms per step",
+        if checkpointed { "checkpointed" } else { "plain" },
+        start.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
 }

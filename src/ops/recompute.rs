@@ -36,6 +36,7 @@
 use super::{BackwardCtx, Op};
 use crate::error::{fail, Error, ErrorKind, Result};
 use crate::params::ParamKey;
+use crate::tape::Scratch;
 use crate::tensor::{Shape, Tensor};
 use crate::{Real, Tape, Var};
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub(crate) struct RecomputeOp<F> {
     /// The key of each input that is a bound parameter (bound under the
     /// same key on the scratch tape).
     keys: Vec<Option<ParamKey>>,
+    /// The outer tape's spare scratch tapes.
+    scratch: Scratch,
 }
 
 impl<F: Real> RecomputeOp<F> {
@@ -92,9 +95,20 @@ impl<F: Real> RecomputeOp<F> {
     /// Re-runs the function on a scratch tape and back-propagates gy onto
     /// the input leaves.
     fn rerun(&self, c: &BackwardCtx<'_, F>, slots: &mut [Option<Vec<F>>]) -> Result<()> {
-        let scratch = Tape::new();
-        let leaves = leaves_on(&scratch, c.x, &self.needs, &self.keys);
-        let (outs, _) = distinct_outputs(self.f.run(&scratch, &leaves));
+        let scratch = take_scratch(&self.scratch);
+        let r = self.rerun_on(&scratch, c, slots);
+        give_scratch(&self.scratch, scratch);
+        r
+    }
+
+    fn rerun_on(
+        &self,
+        scratch: &Tape<F>,
+        c: &BackwardCtx<'_, F>,
+        slots: &mut [Option<Vec<F>>],
+    ) -> Result<()> {
+        let leaves = leaves_on(scratch, c.x, &self.needs, &self.keys);
+        let (outs, _) = distinct_outputs(self.f.run(scratch, &leaves));
         let packed = pack(&outs);
         if packed.shape().as_slice() != c.gy.shape() {
             return Err(Error::new(
@@ -124,6 +138,25 @@ impl<F: Real> RecomputeOp<F> {
             }
         }
         Ok(())
+    }
+}
+
+/// A spare scratch tape of `spare`, or a new one.
+fn take_scratch<F: Real>(spare: &Scratch) -> Tape<F> {
+    spare
+        .lock()
+        .ok()
+        .and_then(|mut s| s.pop())
+        .and_then(|t| t.downcast::<Tape<F>>().ok())
+        .map(|t| *t)
+        .unwrap_or_default()
+}
+
+/// Resets `tape` (its buffers go to its pool) and keeps it in `spare`.
+fn give_scratch<F: Real>(spare: &Scratch, mut tape: Tape<F>) {
+    tape.reset();
+    if let Ok(mut s) = spare.lock() {
+        s.push(Box::new(tape));
     }
 }
 
@@ -324,8 +357,9 @@ impl<F: Real> Tape<F> {
             .collect();
         let mut shapes: Vec<Shape> = Vec::new();
         let mut places: Vec<usize> = Vec::new();
+        let spare = self.inner.borrow().scratch.clone();
+        let scratch = take_scratch(&spare);
         let packed = self.record("checkpoint", inputs, |x, pool| {
-            let scratch = Tape::new();
             let leaves = leaves_on(&scratch, x, &needs, &keys);
             let outs = f.run(&scratch, &leaves);
             if outs.is_empty() {
@@ -347,10 +381,12 @@ impl<F: Real> Tape<F> {
                     f: f.clone(),
                     needs: needs.clone(),
                     keys: keys.clone(),
+                    scratch: spare.clone(),
                 }),
                 Tensor::from_parts([n][..].into(), buf),
             ))
         });
+        give_scratch(&spare, scratch);
         let mut at = 0;
         let parts: Vec<Var<'t, F>> = shapes
             .iter()

@@ -110,7 +110,17 @@ pub(crate) struct Inner<F> {
     /// read was bound by the checkpoint from its inputs, so binding another
     /// one is refused (its gradient would not reach the outer tape).
     pub(crate) sealed: bool,
+    /// Spare scratch tapes for checkpointed functions (their forward runs
+    /// and their re-runs in backward), kept with their pools so a training
+    /// loop's recomputations allocate nothing after its first step.
+    pub(crate) scratch: Scratch,
 }
+
+/// Spare scratch tapes (each a `Tape<F>` of the tape's own `F`), shared
+/// with the checkpoint nodes that use them in backward (the sweep holds
+/// this tape's `RefCell` then).
+pub(crate) type Scratch =
+    std::sync::Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>;
 
 /// A tape that records operations on [`Var`]s and differentiates them.
 ///
@@ -174,6 +184,7 @@ impl<F: Real> Tape<F> {
                 param_names: HashMap::new(),
                 anomaly: false,
                 sealed: false,
+                scratch: Scratch::default(),
             }),
         }
     }
@@ -249,7 +260,11 @@ impl<F: Real> Tape<F> {
     /// Frees the pooled buffers too (the tape keeps nothing allocated).
     pub fn shrink(&mut self) {
         self.reset();
-        self.inner.get_mut().pool.clear();
+        let inner = self.inner.get_mut();
+        inner.pool.clear();
+        if let Ok(mut spare) = inner.scratch.lock() {
+            spare.clear();
+        }
     }
 
     /// Elements currently held by the tape: node values plus pooled buffers.
