@@ -178,10 +178,21 @@ fn leaves_on<'s, F: Real>(
         .iter()
         .zip(needs)
         .zip(keys)
-        .map(|((&x, &need), key)| match key {
-            Some(k) => scratch.bind_param_value(*k, x.clone(), need),
-            None if need => scratch.var(x.clone()),
-            None => scratch.constant(x.clone()),
+        .map(|((&x, &need), key)| {
+            // A copy from the scratch tape's pool: reused segment after
+            // segment, step after step.
+            let copy = scratch
+                .inner
+                .borrow_mut()
+                .pool
+                .copy_of(x.data(), "checkpoint")
+                .map(|buf| Tensor::from_parts(x.shape().into(), buf));
+            let copy = or_fail(copy);
+            match key {
+                Some(k) => scratch.bind_param_value(*k, copy, need),
+                None if need => scratch.var(copy),
+                None => scratch.constant(copy),
+            }
         })
         .collect();
     scratch.seal();

@@ -119,8 +119,7 @@ pub(crate) struct Inner<F> {
 /// Spare scratch tapes (each a `Tape<F>` of the tape's own `F`), shared
 /// with the checkpoint nodes that use them in backward (the sweep holds
 /// this tape's `RefCell` then).
-pub(crate) type Scratch =
-    std::sync::Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>;
+pub(crate) type Scratch = std::sync::Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>;
 
 /// A tape that records operations on [`Var`]s and differentiates them.
 ///
