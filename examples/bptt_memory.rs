@@ -363,7 +363,11 @@ fn steps(args: Vec<String>) {
     }
     println!(
         "{config} {} {n} steps: {:.1} ms per step",
-        if checkpointed { "checkpointed" } else { "plain" },
+        if checkpointed {
+            "checkpointed"
+        } else {
+            "plain"
+        },
         start.elapsed().as_secs_f64() * 1e3 / n as f64
     );
 }
