@@ -6,7 +6,9 @@
 //! gradients of every parameter (no dL/dx on either side: x is data).
 //!
 //! Criterion ids: `rnn_bptt/{tape,hand}/{S,M,L}`, `lstm_bptt/{tape,hand}/{S,M,L}`,
-//! and `gemm/…` for the raw kernel. Threads follow `TAPEGRAD_BENCH_THREADS`
+//! `lstm_bptt/checkpointed/{M,L}` (the tape side with
+//! `Checkpointing::Auto`: ⌈√T⌉-step segments recomputed in backward), and
+//! `gemm/…` for the raw kernel. Threads follow `TAPEGRAD_BENCH_THREADS`
 //! (default 1) so 1- and 2-thread runs are separate invocations:
 //!
 //! ```text
@@ -44,6 +46,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::ops::Range;
 use std::time::Duration;
+use tapegrad::layers::Checkpointing;
 use tapegrad::parallel::{run_workers, shard_columns, shard_ranges, shard_targets, DataParallel};
 use tapegrad::reference::{LstmBptt, LstmParams, RnnBptt, RnnParams};
 use tapegrad::tensor::gemm::{MatMut, MatRef};
@@ -150,6 +153,7 @@ type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>
 /// The tape side on one tape, reset and reused every iteration.
 fn bench_tape_serial(
     group: &mut Group<'_>,
+    id: &str,
     c: &Config,
     model: &TapeModel<f32>,
     x: &Tensor<f32>,
@@ -157,7 +161,7 @@ fn bench_tape_serial(
 ) {
     let mut tape = Tape::new();
     let shape = [c.t, c.b, c.i];
-    group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
+    group.bench_function(BenchmarkId::new(id, c.name), |bench| {
         bench.iter(|| {
             let (loss, grads) = model.step(&tape, x.data(), shape, targets);
             black_box(loss);
@@ -167,9 +171,15 @@ fn bench_tape_serial(
 }
 
 /// The tape side data-parallel: one tape per shard, gradients summed.
-fn bench_tape_sharded(group: &mut Group<'_>, c: &Config, model: &TapeModel<f32>, sh: &Shards) {
+fn bench_tape_sharded(
+    group: &mut Group<'_>,
+    id: &str,
+    c: &Config,
+    model: &TapeModel<f32>,
+    sh: &Shards,
+) {
     let mut dp = DataParallel::new(sh.ranges.len());
-    group.bench_function(BenchmarkId::new("tape", c.name), |bench| {
+    group.bench_function(BenchmarkId::new(id, c.name), |bench| {
         bench.iter(|| {
             let (losses, grads) =
                 dp.step(|k, tape| model.step(tape, sh.xs[k].data(), sh.shape(c, k), &sh.ys[k]));
@@ -188,7 +198,7 @@ fn rnn_bptt(cr: &mut Criterion) {
         let (x, targets) = data(&c);
         let model = TapeModel::rnn(&p, Nonlinearity::Tanh);
         if let Some(sh) = Shards::new(&c, &x, &targets) {
-            bench_tape_sharded(&mut group, &c, &model, &sh);
+            bench_tape_sharded(&mut group, "tape", &c, &model, &sh);
             let mut hands: Vec<_> = (sh.ranges.iter())
                 .map(|r| RnnBptt::new(r.len(), c.i, c.h, c.o, c.t, Nonlinearity::Tanh, false))
                 .collect();
@@ -205,7 +215,7 @@ fn rnn_bptt(cr: &mut Criterion) {
             });
             continue;
         }
-        bench_tape_serial(&mut group, &c, &model, &x, &targets);
+        bench_tape_serial(&mut group, "tape", &c, &model, &x, &targets);
         let mut hand = RnnBptt::new(c.b, c.i, c.h, c.o, c.t, Nonlinearity::Tanh, false);
         let h0 = vec![0.0f32; c.b * c.h];
         group.bench_function(BenchmarkId::new("hand", c.name), |bench| {
@@ -223,8 +233,13 @@ fn lstm_bptt(cr: &mut Criterion) {
         let p = LstmParams::<f32>::random(c.i, c.h, c.o, 5);
         let (x, targets) = data(&c);
         let model = TapeModel::lstm(&p);
+        let checkpointed =
+            (c.name != "S").then(|| TapeModel::lstm(&p).with_checkpoint(Checkpointing::Auto));
         if let Some(sh) = Shards::new(&c, &x, &targets) {
-            bench_tape_sharded(&mut group, &c, &model, &sh);
+            bench_tape_sharded(&mut group, "tape", &c, &model, &sh);
+            if let Some(ck) = &checkpointed {
+                bench_tape_sharded(&mut group, "checkpointed", &c, ck, &sh);
+            }
             let mut hands: Vec<_> = (sh.ranges.iter())
                 .map(|r| LstmBptt::new(r.len(), c.i, c.h, c.o, c.t, false))
                 .collect();
@@ -242,7 +257,10 @@ fn lstm_bptt(cr: &mut Criterion) {
             });
             continue;
         }
-        bench_tape_serial(&mut group, &c, &model, &x, &targets);
+        bench_tape_serial(&mut group, "tape", &c, &model, &x, &targets);
+        if let Some(ck) = &checkpointed {
+            bench_tape_serial(&mut group, "checkpointed", &c, ck, &x, &targets);
+        }
         let mut hand = LstmBptt::new(c.b, c.i, c.h, c.o, c.t, false);
         let z = vec![0.0f32; c.b * c.h];
         group.bench_function(BenchmarkId::new("hand", c.name), |bench| {

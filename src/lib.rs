@@ -43,6 +43,8 @@
 //!   Values no backward rule reads can be released early
 //!   ([`Var::release`], [`Tape::release_unneeded`]); the layers do so, so
 //!   a training step keeps about what hand-written BPTT keeps.
+//!   [`Tape::checkpoint`] records a function as one node that is re-run in
+//!   backward (gradient checkpointing: O(√T) memory for long sequences).
 //! - `ops` (methods on [`Var`]): arithmetic with broadcasting, matmul,
 //!   activations, reductions, reshape/concat/chunk/slice/gather, softmax
 //!   family, losses, dropout, select — each op's forward and backward in one
@@ -54,8 +56,9 @@
 //!   variants `ProjLstm`, `LayerNormLstm`, `PeepholeLstm` from the
 //!   primitives, with PyTorch's parameter names; any recurrent cell of your
 //!   own through [`layers::Cell`] (one `step` written with tape ops), run by
-//!   the same engine with stacking, directions, lengths and truncated BPTT,
-//!   and the truncated-BPTT training loop for any model closure
+//!   the same engine with stacking, directions, lengths, checkpointing over
+//!   time ([`layers::Checkpointing`]) and truncated BPTT, and the
+//!   truncated-BPTT training loop for any model closure
 //!   ([`layers::tbptt::Tbptt::train`]).
 //! - [`optim`]: SGD, Adagrad, RMSprop, Adam/AdamW with exportable state,
 //!   gradient clipping, learning-rate schedules.
@@ -137,6 +140,7 @@ pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use nonlinearity::Nonlinearity;
+pub use ops::recompute::Segment;
 pub use ops::{dropout_mask, Reduction};
 pub use parallel::DataParallel;
 pub use param_vec::ParamVec;

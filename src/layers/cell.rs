@@ -84,7 +84,7 @@ use std::borrow::Cow;
 /// let g = out.stacked().sum().backward();
 /// assert!(g.param(store.key("mgu.weight_hh_l0").unwrap()).is_some());
 /// ```
-pub trait Cell: std::fmt::Debug + Send + Sync {
+pub trait Cell: std::fmt::Debug + Send + Sync + 'static {
     /// The cell's name, for labels (`mgu.l0/t=3/…`) and error messages.
     fn name(&self) -> &str;
 

@@ -50,7 +50,9 @@ pub use mingru::{MinGru, MinGruCell, ScanMode};
 pub use minlstm::{MinLstm, MinLstmCell};
 pub use peephole_lstm::{PeepholeLstm, PeepholeLstmCell};
 pub use proj_lstm::{ProjLstm, ProjLstmCell};
-pub use recurrent::{LockedDropout, Recurrent, RecurrentConfig, RunOptions, SeqOutput};
+pub use recurrent::{
+    Checkpointing, LockedDropout, Recurrent, RecurrentConfig, RunOptions, SeqOutput,
+};
 pub use rnn::{Rnn, RnnCell};
 pub use state::{State, StateTensors};
 

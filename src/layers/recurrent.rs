@@ -26,6 +26,7 @@ use super::state::State;
 use crate::error::{fail, Error, ErrorKind};
 use crate::tensor::gemm::REORDER_MIN_ROWS;
 use crate::{Nonlinearity, ParamKey, ParamStore, Real, Tape, Var};
+use std::sync::Arc;
 
 /// One layer-direction's parameters bound on a tape (see `Recurrent::bind`).
 struct Bound<'t, F: Real> {
@@ -37,6 +38,57 @@ struct Bound<'t, F: Real> {
     step_b_hh: Option<Var<'t, F>>,
     /// The cell's further parameters, in declared order.
     extra: Vec<Var<'t, F>>,
+}
+
+/// One layer-direction's parameters bound on a tape, the input bias
+/// folded but the weights not reordered: the inputs of a checkpointed
+/// segment, in this order. (The folded bias is summed on the outer tape,
+/// so its gradient accumulates over the segments as over the plain run's
+/// chunks.)
+struct DirVars<'t, F: Real> {
+    w_ih: Option<Var<'t, F>>,
+    w_hh: Option<Var<'t, F>>,
+    /// b_ih (+ b_hh when folded).
+    bias: Option<Var<'t, F>>,
+    /// b_hh when the cell keeps it in its step.
+    step_b_hh: Option<Var<'t, F>>,
+    extra: Vec<Var<'t, F>>,
+}
+
+impl<'t, F: Real> DirVars<'t, F> {
+    /// Which of W_ih, W_hh, the bias, the step's b_hh there are.
+    fn present(&self) -> [bool; 4] {
+        [&self.w_ih, &self.w_hh, &self.bias, &self.step_b_hh].map(Option::is_some)
+    }
+
+    /// The vars in order: those of W_ih, W_hh, the bias, the step's b_hh
+    /// there are, then the further parameters.
+    fn into_list(self) -> Vec<Var<'t, F>> {
+        [self.w_ih, self.w_hh, self.bias, self.step_b_hh]
+            .into_iter()
+            .flatten()
+            .chain(self.extra)
+            .collect()
+    }
+
+    /// The inverse of [`DirVars::into_list`].
+    fn from_list(present: [bool; 4], list: &[Var<'t, F>]) -> Self {
+        let mut it = list.iter().copied();
+        let mut next = |p: bool| if p { it.next() } else { None };
+        let (w_ih, w_hh, bias, step_b_hh) = (
+            next(present[0]),
+            next(present[1]),
+            next(present[2]),
+            next(present[3]),
+        );
+        DirVars {
+            w_ih,
+            w_hh,
+            bias,
+            step_b_hh,
+            extra: it.collect(),
+        }
+    }
 }
 
 /// Projected elements (steps × batch × gates·hidden) of one hoisted input
@@ -92,6 +144,70 @@ pub struct RecurrentConfig {
     /// knob: fewer steps keep less alive at once, more steps make fewer,
     /// larger GEMMs. Results agree up to rounding whatever the value.
     pub projection_chunk: Option<usize>,
+    /// Checkpointed BPTT over time: keep only the state at segment
+    /// boundaries and recompute each segment's steps in backward (see
+    /// [`Checkpointing`]). Off by default.
+    pub checkpoint: Checkpointing,
+}
+
+/// Checkpointed BPTT (Chen et al. 2016; Gruslys et al. 2016): each
+/// direction's sequence is cut into segments of k steps; each segment is
+/// one checkpoint node ([`Tape::checkpoint`]) from the state at its start,
+/// its inputs and the parameters to its outputs h(t) and its final state.
+/// The tape keeps the boundary states, the segments' inputs and outputs;
+/// the activations inside a segment (an LSTM's gates, c, tanh c) live only
+/// while the reverse sweep re-runs that segment — about one extra forward
+/// pass for O(T/k + k) instead of O(T) steps of them.
+///
+/// The forward values, the gradients with respect to the inputs and the
+/// initial state, and the biases' gradients are bitwise those of the
+/// uncheckpointed run whose input projection is chunked as the segments are
+/// (`projection_steps(k)`; the same ops on the same values — another
+/// chunking rounds the projection's GEMM differently, checkpointed or not).
+/// The gradients of the weights whose per-step products the sweep defers
+/// and batches (W_hh, W_ih) are the same sums grouped by segment, so they
+/// agree up to that regrouping's rounding (`tests/checkpointing.rs` states
+/// and checks the tolerance; measured ≤ 2e-15 relative).
+///
+/// ```
+/// use tapegrad::layers::{Checkpointing, RecurrentConfig};
+/// let cfg = RecurrentConfig::new(8, 16).checkpoint(Checkpointing::Auto);
+/// assert_eq!(cfg.checkpoint.segment_steps(100), Some(10));
+/// assert_eq!(Checkpointing::Every(7).segment_steps(5), Some(5));
+/// assert_eq!(Checkpointing::Off.segment_steps(100), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpointing {
+    /// Full BPTT: every step's activations stay on the tape.
+    #[default]
+    Off,
+    /// Segments of ⌈√T⌉ steps: O(√T) steps' activations at the peak.
+    Auto,
+    /// Segments of k steps (k ≥ 1; k ≥ T checkpoints the whole sequence).
+    Every(usize),
+}
+
+impl Checkpointing {
+    /// Steps per segment for a sequence of `steps` steps, or `None` when
+    /// off.
+    ///
+    /// # Panics
+    /// For `Every(0)`.
+    #[track_caller]
+    pub fn segment_steps(self, steps: usize) -> Option<usize> {
+        match self {
+            Checkpointing::Off => None,
+            Checkpointing::Auto => {
+                Some(((steps as f64).sqrt().ceil() as usize).clamp(1, steps.max(1)))
+            }
+            Checkpointing::Every(0) => fail(Error::new(
+                ErrorKind::InvalidArgument,
+                "checkpoint",
+                "Checkpointing::Every(0): a segment needs at least one step",
+            )),
+            Checkpointing::Every(k) => Some(k.min(steps.max(1))),
+        }
+    }
 }
 
 impl RecurrentConfig {
@@ -108,6 +224,7 @@ impl RecurrentConfig {
             locked_dropout: LockedDropout::default(),
             weight_drop: 0.0,
             projection_chunk: None,
+            checkpoint: Checkpointing::Off,
         }
     }
 
@@ -132,6 +249,32 @@ impl RecurrentConfig {
     /// [`RecurrentConfig::weight_drop`]).
     pub fn weight_drop(mut self, p: f64) -> Self {
         self.weight_drop = p;
+        self
+    }
+
+    /// Checkpointed BPTT over time (see [`Checkpointing`]).
+    ///
+    /// ```
+    /// use tapegrad::layers::{Checkpointing, Lstm, RecurrentConfig};
+    /// use tapegrad::{ParamStore, Tape, Tensor};
+    /// let mut store = ParamStore::<f64>::new();
+    /// let cfg = RecurrentConfig::new(3, 4).projection_steps(3);
+    /// assert_eq!(cfg.checkpoint(Checkpointing::Every(3)).checkpoint, Checkpointing::Every(3));
+    /// let plain = Lstm::new(&mut store, "lstm", cfg, 1);
+    /// let mut ckpt = plain.clone(); // same parameters
+    /// ckpt.set_checkpoint(Checkpointing::Every(3));
+    /// let x = Tensor::randn(&[9, 2, 3], 2);
+    /// let run = |layer: &Lstm| {
+    ///     let tape = Tape::new();
+    ///     let xv = tape.var(x.clone());
+    ///     let out = layer.forward(&tape, &store, xv, None);
+    ///     let g = out.stacked().sum().backward();
+    ///     g.wrt(xv).clone()
+    /// };
+    /// assert_eq!(run(&plain), run(&ckpt)); // bitwise
+    /// ```
+    pub fn checkpoint(mut self, how: Checkpointing) -> Self {
+        self.checkpoint = how;
         self
     }
 
@@ -278,15 +421,28 @@ struct DirParams {
 /// as `{name}.{param}_l{k}[_reverse]`; all initialised as
 /// [`Init`](super::Init) says (U(−1/√H, 1/√H) for the weights and biases,
 /// as PyTorch does).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Recurrent<C> {
-    cell: C,
+    /// Shared, so a checkpointed segment can own the layer's settings.
+    cell: Arc<C>,
     /// What the cell declared for each layer (equal but for the shapes of
     /// further parameters, which may depend on the layer's input width).
     specs: Vec<CellSpec>,
     cfg: RecurrentConfig,
     name: String,
     params: Vec<DirParams>,
+}
+
+impl<C> Clone for Recurrent<C> {
+    fn clone(&self) -> Self {
+        Recurrent {
+            cell: Arc::clone(&self.cell),
+            specs: self.specs.clone(),
+            cfg: self.cfg,
+            name: self.name.clone(),
+            params: self.params.clone(),
+        }
+    }
 }
 
 /// `name.param` or `param` when the layer has no name.
@@ -488,7 +644,7 @@ impl<C: Cell> Recurrent<C> {
             }
         }
         Recurrent {
-            cell,
+            cell: Arc::new(cell),
             specs,
             cfg,
             name: name.to_string(),
@@ -499,6 +655,20 @@ impl<C: Cell> Recurrent<C> {
     /// The layer's configuration.
     pub fn config(&self) -> &RecurrentConfig {
         &self.cfg
+    }
+
+    /// Turns checkpointed BPTT on or off for this layer (see
+    /// [`Checkpointing`]); parameters and results are unchanged, only what
+    /// the tape keeps.
+    ///
+    /// ```
+    /// use tapegrad::layers::{Checkpointing, Lstm, RecurrentConfig};
+    /// let mut lstm = Lstm::new(&mut tapegrad::ParamStore::<f32>::new(), "lstm", RecurrentConfig::new(2, 3), 0);
+    /// lstm.set_checkpoint(Checkpointing::Every(50));
+    /// assert_eq!(lstm.config().checkpoint, Checkpointing::Every(50));
+    /// ```
+    pub fn set_checkpoint(&mut self, how: Checkpointing) {
+        self.cfg.checkpoint = how;
     }
 
     /// The cell.
@@ -590,7 +760,9 @@ impl<C: Cell> Recurrent<C> {
                 rows: None,
             };
         }
-        let masks = opts.lengths.map(|lengths| self.masks(lengths, steps));
+        let masks = opts
+            .lengths
+            .map(|lengths| Arc::new(self.masks(lengths, steps)));
         let dirs = self.cfg.directions();
         let ld = self.cfg.locked_dropout;
         // Seeds of the regularisers: derive_seed(seed, l) for the dropout
@@ -618,7 +790,7 @@ impl<C: Cell> Recurrent<C> {
                     (l, d),
                     input,
                     state.entry(idx),
-                    masks.as_deref(),
+                    masks.as_ref(),
                     weight_drop,
                 );
                 by_dir.push(dir.outs);
@@ -656,7 +828,8 @@ impl<C: Cell> Recurrent<C> {
 
     /// One direction of layer `l` over the whole sequence `input`
     /// [T×B×In] from `state` (h first, then the further states): the outputs
-    /// h(t) in time order and the final state.
+    /// h(t) in time order and the final state — plainly, or in checkpointed
+    /// segments ([`Checkpointing`]).
     #[allow(clippy::too_many_arguments)]
     fn run_direction<'t, F: Real>(
         &self,
@@ -664,21 +837,105 @@ impl<C: Cell> Recurrent<C> {
         store: &ParamStore<F>,
         (l, d): (usize, usize),
         input: Var<'t, F>,
+        state: Vec<Var<'t, F>>,
+        masks: Option<&Arc<Vec<Masks>>>,
+        weight_drop: Option<(f64, u64)>,
+    ) -> Direction<'t, F> {
+        let steps = input.shape()[0];
+        let _scope = tape.scope(self.scope_name(l, d));
+        let p = &self.params[l * self.cfg.directions() + d];
+        let vars = self.bind_vars(tape, store, p, weight_drop);
+        match self.cfg.checkpoint.segment_steps(steps) {
+            None => {
+                let reorder = input.shape()[1] >= REORDER_MIN_ROWS;
+                let bound = self.bound_of(vars, reorder);
+                self.run_steps(tape, &bound, (l, d), input, 0, state, masks.map(|m| &m[..]))
+            }
+            Some(k) => self.run_segments(tape, vars, (l, d), input, state, masks, k),
+        }
+    }
+
+    /// [`Self::run_direction`] in checkpointed segments of `k` steps (in the
+    /// direction's order): each segment one node from (its state, its
+    /// input rows, the parameters) to (its outputs, its final state), whose
+    /// steps run again in backward.
+    #[allow(clippy::too_many_arguments)]
+    fn run_segments<'t, F: Real>(
+        &self,
+        tape: &'t Tape<F>,
+        vars: DirVars<'t, F>,
+        (l, d): (usize, usize),
+        input: Var<'t, F>,
+        mut state: Vec<Var<'t, F>>,
+        masks: Option<&Arc<Vec<Masks>>>,
+        k: usize,
+    ) -> Direction<'t, F> {
+        let steps = input.shape()[0];
+        let reorder = input.shape()[1] >= REORDER_MIN_ROWS;
+        let present = vars.present();
+        let params = vars.into_list();
+        let layer = Arc::new(self.clone());
+        let n_state = state.len();
+        let mut outs = vec![None; steps];
+        let mut starts: Vec<usize> = (0..steps).step_by(k).collect();
+        if d == 1 {
+            starts.reverse();
+        }
+        for t0 in starts {
+            let len = k.min(steps - t0);
+            let x = if len == steps {
+                input
+            } else {
+                input.slice(0, t0, len)
+            };
+            let mut inputs = state.clone();
+            inputs.push(x);
+            inputs.extend_from_slice(&params);
+            let (layer, masks) = (Arc::clone(&layer), masks.cloned());
+            let res = tape.checkpoint(&inputs, move |t, v| {
+                let _scope = t.scope(layer.scope_name(l, d));
+                let (st, rest) = v.split_at(n_state);
+                let vars = DirVars::from_list(present, &rest[1..]);
+                let bound = layer.bound_of(vars, reorder);
+                let masks = masks.as_deref().map(|m| &m[..]);
+                let dir = layer.run_steps(t, &bound, (l, d), rest[0], t0, st.to_vec(), masks);
+                let mut outs = dir.outs;
+                outs.extend(dir.last);
+                outs
+            });
+            for (o, &v) in outs[t0..t0 + len].iter_mut().zip(&res[..len]) {
+                *o = Some(v);
+            }
+            state = res[len..].to_vec();
+        }
+        let outs = outs
+            .into_iter()
+            .map(|o| o.expect("every step ran"))
+            .collect();
+        Direction {
+            outs,
+            last: state,
+            rows: None,
+        }
+    }
+
+    /// Steps `t0..t0 + len` of one direction of layer `l` (in the
+    /// direction's order) on `input` [len×B×In], the rows of those steps,
+    /// from `state`: the outputs h(t) in time order and the final state.
+    #[allow(clippy::too_many_arguments)]
+    fn run_steps<'t, F: Real>(
+        &self,
+        tape: &'t Tape<F>,
+        bound: &Bound<'t, F>,
+        (l, d): (usize, usize),
+        input: Var<'t, F>,
+        t0: usize,
         mut state: Vec<Var<'t, F>>,
         masks: Option<&[Masks]>,
-        weight_drop: Option<(f64, u64)>,
     ) -> Direction<'t, F> {
         let shape = input.shape();
         let (steps, batch) = (shape[0], shape[1]);
-        let _scope = tape.scope(self.scope_name(l, d));
-        let bound = self.bind(
-            tape,
-            store,
-            &self.params[l * self.cfg.directions() + d],
-            batch >= REORDER_MIN_ROWS,
-            weight_drop,
-        );
-        if let Some(done) = self.run_sequence(tape, &bound, (l, d), input, &state, masks) {
+        if let Some(done) = self.run_sequence(tape, bound, (l, d), input, t0, &state, masks) {
             return done;
         }
         let zeros = masks.map(|_| tape.zeros(&[batch, self.spec().output_size]));
@@ -689,7 +946,7 @@ impl<C: Cell> Recurrent<C> {
             .is_none()
             .then(|| input.reshape(&[steps * batch, shape[2]]));
         let mut chunks = ProjectionChunks {
-            bound: &bound,
+            bound,
             input,
             steps,
             batch,
@@ -702,16 +959,17 @@ impl<C: Cell> Recurrent<C> {
         } else {
             Box::new((0..steps).rev())
         };
-        for t in order {
-            let xw = chunks.rows(tape, t);
+        for i in order {
+            let t = t0 + i;
+            let xw = chunks.rows(tape, i);
             let _t = tape.scope_at("t", t);
-            let x_t = rows.map(|r| r.slice(0, t * batch, batch));
+            let x_t = rows.map(|r| r.slice(0, i * batch, batch));
             let at = StepPosition {
                 layer: l,
                 reverse: d == 1,
                 t,
             };
-            let new = self.step_cell(tape, &bound, at, batch, xw, x_t, &state);
+            let new = self.step_cell(tape, bound, at, batch, xw, x_t, &state);
             if let Some(x_t) = x_t {
                 x_t.release();
             }
@@ -723,10 +981,10 @@ impl<C: Cell> Recurrent<C> {
                         *s = Var::select(&m[t], *n, *s);
                     }
                     let m = mask_of(masks, self.spec().output_size);
-                    outs[t] = Some(Var::select(&m[t], new[0], z));
+                    outs[i] = Some(Var::select(&m[t], new[0], z));
                 }
                 _ => {
-                    outs[t] = Some(new[0]);
+                    outs[i] = Some(new[0]);
                     state = new;
                 }
             }
@@ -751,20 +1009,23 @@ impl<C: Cell> Recurrent<C> {
     /// projection chunks' size, so a chunk's values stay in cache; later
     /// chunks first in a reverse direction), each chunk's outputs split
     /// into steps, padded steps zeroed, and everything the cell recorded
-    /// released that no backward rule reads.
+    /// released that no backward rule reads. `input` holds steps
+    /// `s0..s0 + T` of the sequence (`s0` > 0 in a checkpointed segment).
+    #[allow(clippy::too_many_arguments)]
     fn run_sequence<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
         bound: &Bound<'t, F>,
         (l, d): (usize, usize),
         input: Var<'t, F>,
+        s0: usize,
         state: &[Var<'t, F>],
         masks: Option<&[Masks]>,
     ) -> Option<Direction<'t, F>> {
         let shape = input.shape();
         let (steps, batch, width) = (shape[0], shape[1], self.spec().output_size);
         let per = self.chunk_steps(batch, steps);
-        let valid: Option<Vec<bool>> = masks.map(|m| mask_of(m, width).concat());
+        let valid: Option<Vec<bool>> = masks.map(|m| mask_of(m, width)[s0..s0 + steps].concat());
         let projection = |x: Var<'t, F>| bound.w_ih.map(|w| project(w, bound.bias, x));
         let starts: Vec<usize> = if d == 0 {
             (0..steps).step_by(per).collect()
@@ -785,7 +1046,7 @@ impl<C: Cell> Recurrent<C> {
                 at: StepPosition {
                     layer: l,
                     reverse: d == 1,
-                    t: t0,
+                    t: s0 + t0,
                 },
                 steps: len,
                 batch,
@@ -982,7 +1243,7 @@ impl<C: Cell> Recurrent<C> {
         for (l, p) in self.params.iter().enumerate() {
             let _scope = tape.scope(self.scope_name(l, 0));
             // One step: no reorder (it would copy the weights every step).
-            let bound = self.bind(tape, store, p, false, None);
+            let bound = self.bound_of(self.bind_vars(tape, store, p, None), false);
             let xw = bound.w_ih.map(|w| project(w, bound.bias, input));
             let window = xw.map(|xw| Projected {
                 chunk: xw,
@@ -1005,31 +1266,26 @@ impl<C: Cell> Recurrent<C> {
         State::from_entries(out)
     }
 
-    /// Binds one layer-direction's parameters: W_ih and W_hh (reordered to
-    /// Wᵀ once when `reorder`, for a whole sequence: row-major products run
-    /// 1.3–1.6× faster than `x·Wᵀ` with W in PyTorch's layout, and the
-    /// transposes are one copy each per sequence, not per step), the input
+    /// Binds one layer-direction's parameters on `tape`, with the input
     /// bias b = b_ih + b_hh (summed once as a [G·H] vector when the cell
     /// folds b_hh; b_ih alone otherwise), the b_hh a step adds itself, and
-    /// the cell's further parameters. With `weight_drop` = (p, seed),
-    /// W_hh is dropped out (DropConnect) before it is reordered: one mask
-    /// for every step of the sequence.
-    fn bind<'t, F: Real>(
+    /// the cell's further parameters. With `weight_drop` = (p, seed), W_hh
+    /// is dropped out (DropConnect) on this tape, before any reorder: one
+    /// mask for every step of the sequence (and every checkpointed segment).
+    fn bind_vars<'t, F: Real>(
         &self,
         tape: &'t Tape<F>,
         store: &ParamStore<F>,
         p: &DirParams,
-        reorder: bool,
         weight_drop: Option<(f64, u64)>,
-    ) -> Bound<'t, F> {
+    ) -> DirVars<'t, F> {
         let bind = |k: ParamKey| tape.param(store, k);
         let w_ih = p.w_ih.map(bind);
         let w_hh = p.w_hh.map(bind).map(|w| match weight_drop {
             Some((p, seed)) => w.dropout(p, seed),
             None => w,
         });
-        let b_ih = p.b_ih.map(bind);
-        let b_hh = p.b_hh.map(bind);
+        let (b_ih, b_hh) = (p.b_ih.map(bind), p.b_hh.map(bind));
         let (folded, step_b_hh) = if self.folds_hidden_bias() {
             (b_hh, None)
         } else {
@@ -1039,6 +1295,21 @@ impl<C: Cell> Recurrent<C> {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
+        DirVars {
+            w_ih,
+            w_hh,
+            bias,
+            step_b_hh,
+            extra: p.extra.iter().map(|&k| bind(k)).collect(),
+        }
+    }
+
+    /// One layer-direction's parameters as the steps read them: W_ih and
+    /// W_hh reordered to Wᵀ once when `reorder`, for a whole sequence
+    /// (row-major products run 1.3–1.6× faster than `x·Wᵀ` with W in
+    /// PyTorch's layout, and the transposes are one copy each per sequence,
+    /// not per step).
+    fn bound_of<'t, F: Real>(&self, p: DirVars<'t, F>, reorder: bool) -> Bound<'t, F> {
         let weight = |w: Var<'t, F>| {
             if reorder {
                 Weight::Transposed(w.transpose())
@@ -1047,11 +1318,11 @@ impl<C: Cell> Recurrent<C> {
             }
         };
         Bound {
-            w_ih: w_ih.map(weight),
-            w_hh: w_hh.map(weight),
-            bias,
-            step_b_hh,
-            extra: p.extra.iter().map(|&k| bind(k)).collect(),
+            w_ih: p.w_ih.map(weight),
+            w_hh: p.w_hh.map(weight),
+            bias: p.bias,
+            step_b_hh: p.step_b_hh,
+            extra: p.extra,
         }
     }
 

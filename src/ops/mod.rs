@@ -25,6 +25,7 @@ pub(crate) mod dropout;
 pub(crate) mod linalg;
 pub(crate) mod loss;
 pub(crate) mod norm;
+pub(crate) mod recompute;
 pub(crate) mod reduce;
 pub(crate) mod scan;
 pub(crate) mod select;
@@ -68,6 +69,8 @@ pub(crate) enum Op<F> {
     Norm(norm::NormOp<F>),
     /// The linear recurrence over a whole sequence (`scan.rs`).
     Scan(scan::ScanOp),
+    /// A checkpointed function, re-run in backward (`recompute.rs`).
+    Recompute(recompute::RecomputeOp<F>),
 }
 
 /// What a backward rule reads: input values, output value, output gradient.
@@ -164,6 +167,7 @@ impl<F: Real> Op<F> {
             Op::Select(o) => o.name().into(),
             Op::Norm(o) => o.name(),
             Op::Scan(o) => o.name().into(),
+            Op::Recompute(o) => o.name().into(),
         }
     }
 
@@ -181,6 +185,23 @@ impl<F: Real> Op<F> {
             Op::Select(o) => o.backward(k, ctx, slot),
             Op::Norm(o) => o.backward(k, ctx, slot),
             Op::Scan(o) => o.backward(k, ctx, slot),
+            Op::Recompute(_) => unreachable!("a checkpoint's rule takes all slots at once"),
+        }
+    }
+
+    /// Whether the rule computes every input's gradient at once
+    /// ([`Op::backward_all`]) instead of one input at a time.
+    pub(crate) fn takes_all_slots(&self) -> bool {
+        matches!(self, Op::Recompute(_))
+    }
+
+    /// For an op that [`Op::takes_all_slots`]: adds ∂L/∂x_k onto `slots[k]`
+    /// (the gradient accumulated so far, `None` for none yet) for every
+    /// input that requires a gradient, in place.
+    pub(crate) fn backward_all(&self, ctx: &BackwardCtx<'_, F>, slots: &mut [Option<Vec<F>>]) {
+        match self {
+            Op::Recompute(o) => o.backward_all(ctx, slots),
+            _ => unreachable!("{} computes one input's gradient at a time", self.name()),
         }
     }
 
@@ -195,6 +216,8 @@ impl<F: Real> Op<F> {
             Op::Loss(o) => o.reads_input(k),
             Op::Norm(o) => o.reads_input(k),
             Op::Scan(o) => o.reads_input(k),
+            // The re-run starts from every input's value.
+            Op::Recompute(_) => true,
             // Routed by shape alone, or by saved masks and indices.
             Op::Reduce(_) | Op::Shape(_) | Op::Dropout(_) | Op::Select(_) => false,
         }
@@ -218,7 +241,8 @@ impl<F: Real> Op<F> {
             | Op::Shape(_)
             | Op::Dropout(_)
             | Op::Select(_)
-            | Op::Norm(_) => false,
+            | Op::Norm(_)
+            | Op::Recompute(_) => false,
         }
     }
 

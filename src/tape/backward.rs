@@ -235,6 +235,13 @@ impl<F: Real> Grads<F> {
         or_panic(self.try_accumulate_params(other))
     }
 
+    /// Moves the gradient of node `id` out (a checkpointed function's
+    /// scratch tape hands its inputs' gradients back this way, no copy).
+    pub(crate) fn take(&mut self, id: NodeId) -> Option<Vec<F>> {
+        let at = self.kept.binary_search_by_key(&id, |(i, _)| *i).ok()?;
+        Some(self.kept.remove(at).1.into_vec())
+    }
+
     pub(crate) fn into_buffers(self) -> impl Iterator<Item = Vec<F>> {
         self.kept.into_iter().map(|(_, g)| g.into_vec())
     }
@@ -243,6 +250,19 @@ impl<F: Real> Grads<F> {
 impl<F: Real> Tape<F> {
     /// The reverse sweep from node `root`, seeded with ones or `seed`.
     pub(crate) fn backward_from(&self, root: NodeId, seed: Option<Tensor<F>>) -> Result<Grads<F>> {
+        self.backward_onto(root, seed, Vec::new())
+    }
+
+    /// [`Tape::backward_from`] with leaves whose gradients start from
+    /// `start` (id, buffer) instead of nothing: the sweep adds onto them,
+    /// in its own order — a checkpointed function's re-run continuing the
+    /// sums the outer sweep has begun.
+    pub(crate) fn backward_onto(
+        &self,
+        root: NodeId,
+        seed: Option<Tensor<F>>,
+        start: Vec<(NodeId, Vec<F>)>,
+    ) -> Result<Grads<F>> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let root = root as usize;
@@ -252,6 +272,9 @@ impl<F: Real> Tape<F> {
         // The slot vector of the last sweep (all `None`), reused.
         let mut slots = std::mem::take(&mut inner.sweep_slots);
         slots.resize_with(root + 1, || None);
+        for (id, buf) in start {
+            slots[id as usize] = Some(buf);
+        }
 
         if nodes[root].requires_grad {
             slots[root] = Some(match seed {
@@ -290,6 +313,35 @@ impl<F: Real> Tape<F> {
             }
             let gy = Tensor::from_parts(Shape::from_slice(node.value.shape()), gy);
             let x = super::values_of(nodes, &node.inputs);
+            if node.op.takes_all_slots() {
+                // A rule that computes every input's gradient at once (a
+                // checkpointed function): it gets their slots, adds onto
+                // them and hands them back. Its inputs are distinct.
+                let ctx = BackwardCtx {
+                    x: &x,
+                    y: &node.value,
+                    gy: &gy,
+                    untransposed: &[],
+                };
+                let mut held: smallvec::SmallVec<[Option<Vec<F>>; 8]> = node
+                    .inputs
+                    .iter()
+                    .map(|&j| slots[j as usize].take())
+                    .collect();
+                node.op.backward_all(&ctx, &mut held);
+                for (&j, g) in node.inputs.iter().zip(held) {
+                    if let (Some(check), Some(g)) = (check, g.as_deref()) {
+                        check(g, j as usize, i)?;
+                    }
+                    slots[j as usize] = g;
+                }
+                if node.retain {
+                    slots[i] = Some(gy.into_vec());
+                } else {
+                    pool.give(gy.into_vec());
+                }
+                continue;
+            }
             let untransposed = weights.untransposed(node);
             let ctx = BackwardCtx {
                 x: &x,

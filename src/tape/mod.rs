@@ -148,7 +148,20 @@ pub(crate) struct Inner<F> {
     /// capacity) between sweeps so a backward allocates none (see
     /// `backward.rs`).
     pub(crate) sweep_slots: Vec<Option<Vec<F>>>,
+    /// The scratch tape of a checkpointed function: every parameter it may
+    /// read was bound by the checkpoint from its inputs, so binding another
+    /// one is refused (its gradient would not reach the outer tape).
+    pub(crate) sealed: bool,
+    /// Spare scratch tapes for checkpointed functions (their forward runs
+    /// and their re-runs in backward), kept with their pools so a training
+    /// loop's recomputations allocate nothing after its first step.
+    pub(crate) scratch: Scratch,
 }
+
+/// Spare scratch tapes (each a `Tape<F>` of the tape's own `F`), shared
+/// with the checkpoint nodes that use them in backward (the sweep holds
+/// this tape's `RefCell` then).
+pub(crate) type Scratch = std::sync::Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>;
 
 /// A tape that records operations on [`Var`]s and differentiates them.
 ///
@@ -212,6 +225,8 @@ impl<F: Real> Tape<F> {
                 param_names: HashMap::new(),
                 anomaly: false,
                 sweep_slots: Vec::new(),
+                sealed: false,
+                scratch: Scratch::default(),
             }),
         }
     }
@@ -295,6 +310,9 @@ impl<F: Real> Tape<F> {
         let inner = self.inner.get_mut();
         inner.pool.clear();
         inner.sweep_slots = Vec::new();
+        if let Ok(mut spare) = inner.scratch.lock() {
+            spare.clear();
+        }
     }
 
     /// Elements currently held by the tape: node values plus pooled buffers.
@@ -461,6 +479,21 @@ impl<F: Real> Tape<F> {
         if let Some(&id) = self.inner.borrow().bound.get(&key) {
             return Ok(Var::new(self, id));
         }
+        if self.inner.borrow().sealed {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "param",
+                format!(
+                    "parameter '{}' is read inside a checkpointed function but is not among its \
+                     inputs: pass tape.param(store, key) in the inputs of Tape::checkpoint, or its \
+                     gradient would be lost",
+                    store
+                        .try_param(key)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|_| format!("{key:?}"))
+                ),
+            ));
+        }
         let src = store.try_get(key)?;
         let value = {
             let mut inner = self.inner.borrow_mut();
@@ -475,6 +508,34 @@ impl<F: Real> Tape<F> {
             .entry(key)
             .or_insert_with(|| store.name(key).to_string());
         Ok(v)
+    }
+
+    /// Binds `value` as parameter `key` (a leaf, requiring its gradient if
+    /// `requires_grad`) without reading a store: the scratch tape of a
+    /// checkpointed function, whose parameters come in as inputs.
+    pub(crate) fn bind_param_value(
+        &self,
+        key: ParamKey,
+        value: Tensor<F>,
+        requires_grad: bool,
+    ) -> Var<'_, F> {
+        let v = self.push_leaf(Op::Param(key), value, requires_grad);
+        self.inner.borrow_mut().bound.insert(key, v.id());
+        v
+    }
+
+    /// Refuses to bind any further parameter from a store (see
+    /// `Inner::sealed`).
+    pub(crate) fn seal(&self) {
+        self.inner.borrow_mut().sealed = true;
+    }
+
+    /// The key of node `id` if it is a bound parameter.
+    pub(crate) fn param_key(&self, id: NodeId) -> Option<ParamKey> {
+        match self.inner.borrow().nodes[id as usize].op {
+            Op::Param(k) => Some(k),
+            _ => None,
+        }
     }
 
     // ----- scopes ---------------------------------------------------------

@@ -129,6 +129,21 @@ impl<F: Real> TapeModel<F> {
         )
     }
 
+    /// The same model with the recurrent layer's checkpointing set to
+    /// `how` (`benches/bptt.rs`: `lstm_bptt/checkpointed/…`).
+    pub fn with_checkpoint(mut self, how: tapegrad::layers::Checkpointing) -> Self {
+        for l in self.rnn.iter_mut() {
+            l.set_checkpoint(how);
+        }
+        for l in self.lstm.iter_mut() {
+            l.set_checkpoint(how);
+        }
+        for l in self.user.iter_mut() {
+            l.set_checkpoint(how);
+        }
+        self
+    }
+
     pub fn w_out(&self) -> ParamKey {
         self.head.weight
     }
