@@ -470,6 +470,49 @@ impl<'s, 't, F: Real> Step<'s, 't, F> {
 /// parameters, which steps are padding — and the one-node recurrence
 /// ([`Sequence::scan`]) that runs in the right direction and carries the
 /// state through padded steps. Built by the engine; a cell only reads it.
+///
+/// A leaky integrator, `h = λ⊙h₋ + (1 − λ)⊙(x·Wᵀ + b)` with a fixed
+/// λ = 0.9, stepping and whole-sequence alike:
+///
+/// ```
+/// use tapegrad::layers::{Cell, CellSpec, Recurrent, RecurrentConfig, Sequence, Step};
+/// use tapegrad::{ParamStore, Real, Tape, Tensor, Var};
+///
+/// #[derive(Debug, Clone, Copy, Default)]
+/// struct Leaky;
+///
+/// impl Cell for Leaky {
+///     fn name(&self) -> &str { "leaky" }
+///     fn spec(&self, _input: usize, hidden: usize) -> CellSpec {
+///         CellSpec::new(hidden, 1).recurrent_gates(0)
+///     }
+///     fn step<'t, F: Real>(&self, s: &Step<'_, 't, F>, state: &[Var<'t, F>]) -> Vec<Var<'t, F>> {
+///         vec![state[0].mul_scalar(F::of(0.9)) + s.input().mul_scalar(F::of(0.1))]
+///     }
+///     fn sequence<'t, F: Real>(
+///         &self,
+///         s: &Sequence<'_, 't, F>,
+///         state: &[Var<'t, F>],
+///     ) -> Option<(Var<'t, F>, Vec<Var<'t, F>>)> {
+///         let b = s.input().mul_scalar(F::of(0.1)); // [T·B × H]
+///         let a = s.tape().constant(Tensor::full(&b.shape(), F::of(0.9)));
+///         let hs = s.scan(a, b, state[0]);
+///         Some((hs, vec![s.last(hs)]))
+///     }
+/// }
+///
+/// let mut store = ParamStore::<f64>::new();
+/// let layer = Recurrent::with_cell(Leaky, &mut store, "leaky", RecurrentConfig::new(2, 3), 1);
+/// let tape = Tape::new();
+/// let x = tape.constant(Tensor::randn(&[4, 2, 2], 0));
+/// let out = layer.forward(&tape, &store, x, None);
+/// // h(2) = 0.9·h(1) + 0.1·xw(2), from the one scan node
+/// let xw = (x.reshape(&[8, 2]).matmul_t(tape.param(&store, store.key("leaky.weight_ih_l0").unwrap()))
+///     + tape.param(&store, store.key("leaky.bias_ih_l0").unwrap())).mul_scalar(0.1);
+/// let want = out.outputs[0].mul_scalar(0.9) + xw.slice(0, 2, 2);
+/// let (got, want) = (out.outputs[1].value().data().to_vec(), want.value().data().to_vec());
+/// assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12));
+/// ```
 pub struct Sequence<'s, 't, F: Real> {
     pub(crate) tape: &'t Tape<F>,
     pub(crate) cell: &'s str,

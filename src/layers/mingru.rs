@@ -26,6 +26,12 @@ use super::Recurrent;
 use crate::{Real, Var};
 
 /// How a cell without recurrent weight runs a sequence.
+///
+/// ```
+/// use tapegrad::layers::{MinGruCell, ScanMode};
+/// assert_eq!(MinGruCell::default().mode, ScanMode::Parallel);
+/// assert_eq!(MinGruCell::sequential().mode, ScanMode::Sequential);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ScanMode {
     /// All steps at once: gates for every step in one pass, h by one

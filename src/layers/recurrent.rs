@@ -334,6 +334,12 @@ impl RecurrentConfig {
 /// Variational ("locked") dropout probabilities of a recurrent layer
 /// (Gal & Ghahramani 2016; Merity et al. 2017): each draws one
 /// [B × features] mask per sequence and applies it at every step.
+///
+/// ```
+/// use tapegrad::layers::{LockedDropout, RecurrentConfig};
+/// let cfg = RecurrentConfig::new(4, 8).locked_dropout(0.2, 0.3, 0.4);
+/// assert_eq!(cfg.locked_dropout, LockedDropout { input: 0.2, hidden: 0.3, output: 0.4 });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LockedDropout {
     /// On the input x(t) of the first layer.
