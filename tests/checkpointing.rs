@@ -340,3 +340,37 @@ fn a_parameter_missing_from_a_checkpoints_inputs_is_refused_by_name() {
         "got: {msg}"
     );
 }
+
+#[test]
+fn a_var_passed_or_returned_twice_is_one_input_or_output() {
+    // f(a, b, a) = (tanh(a·b), tanh(a·b), a): x passed twice, one output
+    // returned twice; the gradients are bitwise the plain ones.
+    let x0 = Tensor::<f64>::randn(&[2, 3], 5);
+    let w0 = Tensor::<f64>::randn(&[2, 3], 6);
+    let plain = {
+        let tape = Tape::new();
+        let (x, w) = (tape.var(x0.clone()), tape.var(w0.clone()));
+        let p = (x * w).tanh();
+        let g = ((p + p) * x).sum().backward();
+        (g.wrt(x).clone(), g.wrt(w).clone())
+    };
+    let tape = Tape::new();
+    let (x, w) = (tape.var(x0), tape.var(w0));
+    let out = tape.checkpoint(&[x, w, x], |_, v| {
+        let p = (v[0] * v[1]).tanh();
+        vec![p, p, v[2]]
+    });
+    let g = ((out[0] + out[1]) * out[2]).sum().backward();
+    assert_bitwise(g.wrt(x), &plain.0, "dx");
+    assert_bitwise(g.wrt(w), &plain.1, "dw");
+}
+
+#[test]
+fn a_segment_of_zero_steps_is_refused() {
+    let r = std::panic::catch_unwind(|| Checkpointing::Every(0).segment_steps(5));
+    let msg = r
+        .err()
+        .and_then(|e| e.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(msg.contains("Every(0)"), "got: {msg}");
+}
