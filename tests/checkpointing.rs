@@ -17,12 +17,16 @@
 //!   regrouping's rounding, |ckpt − plain| ≤ 1e-13 · max(1, max|plain|)
 //!   (measured largest: printed by each test; 2e-15 at most);
 //! - truncated BPTT windows with checkpointing inside each window give the
-//!   same losses and carried state as without (same tolerance);
+//!   same losses and gradients as without (same tolerance);
 //! - `Tape::checkpoint` on a user function (a segment that includes a
-//!   readout and a loss) gives the full-BPTT gradient;
-//! - peak memory grows like √T: the fitted exponent of the peak heap of a
-//!   checkpointed LSTM LM step over T = 64 … 1024 (B = 1, H = 32) lies in
-//!   [0.4, 0.6] (the big-T sweep is in `examples/bptt_memory.rs`).
+//!   readout and a loss) gives the full-BPTT gradient (same tolerance);
+//! - a var passed twice to `Tape::checkpoint`, or an output returned
+//!   twice, is one input or output (gradients bitwise the plain ones);
+//! - a parameter missing from a checkpoint's inputs is refused by name, and
+//!   `Checkpointing::Every(0)` is refused.
+//!
+//! Memory against T: `tests/checkpoint_memory.rs` (fitted exponent at small
+//! T) and `examples/bptt_memory.rs sweep` (T up to 100,000).
 
 use tapegrad::layers::{
     Cell, Checkpointing, GruCell, LstmCell, Recurrent, RecurrentConfig, RnnCell, RunOptions,
