@@ -140,7 +140,6 @@ pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use nonlinearity::Nonlinearity;
-pub use ops::recompute::Segment;
 pub use ops::{dropout_mask, Reduction};
 pub use parallel::DataParallel;
 pub use param_vec::ParamVec;

@@ -17,12 +17,16 @@
 //!   regrouping's rounding, |ckpt − plain| ≤ 1e-13 · max(1, max|plain|)
 //!   (measured largest: printed by each test; 2e-15 at most);
 //! - truncated BPTT windows with checkpointing inside each window give the
-//!   same losses and carried state as without (same tolerance);
+//!   same losses and gradients as without (same tolerance);
 //! - `Tape::checkpoint` on a user function (a segment that includes a
-//!   readout and a loss) gives the full-BPTT gradient;
-//! - peak memory grows like √T: the fitted exponent of the peak heap of a
-//!   checkpointed LSTM LM step over T = 64 … 1024 (B = 1, H = 32) lies in
-//!   [0.4, 0.6] (the big-T sweep is in `examples/bptt_memory.rs`).
+//!   readout and a loss) gives the full-BPTT gradient (same tolerance);
+//! - a var passed twice to `Tape::checkpoint`, or an output returned
+//!   twice, is one input or output (gradients bitwise the plain ones);
+//! - a parameter missing from a checkpoint's inputs is refused by name, and
+//!   `Checkpointing::Every(0)` is refused.
+//!
+//! Memory against T: `tests/checkpoint_memory.rs` (fitted exponent at small
+//! T) and `examples/bptt_memory.rs sweep` (T up to 100,000).
 
 use tapegrad::layers::{
     Cell, Checkpointing, GruCell, LstmCell, Recurrent, RecurrentConfig, RnnCell, RunOptions,
@@ -339,4 +343,38 @@ fn a_parameter_missing_from_a_checkpoints_inputs_is_refused_by_name() {
         msg.contains("checkpointed function") && msg.contains("not among its inputs"),
         "got: {msg}"
     );
+}
+
+#[test]
+fn a_var_passed_or_returned_twice_is_one_input_or_output() {
+    // f(a, b, a) = (tanh(a·b), tanh(a·b), a): x passed twice, one output
+    // returned twice; the gradients are bitwise the plain ones.
+    let x0 = Tensor::<f64>::randn(&[2, 3], 5);
+    let w0 = Tensor::<f64>::randn(&[2, 3], 6);
+    let plain = {
+        let tape = Tape::new();
+        let (x, w) = (tape.var(x0.clone()), tape.var(w0.clone()));
+        let p = (x * w).tanh();
+        let g = ((p + p) * x).sum().backward();
+        (g.wrt(x).clone(), g.wrt(w).clone())
+    };
+    let tape = Tape::new();
+    let (x, w) = (tape.var(x0), tape.var(w0));
+    let out = tape.checkpoint(&[x, w, x], |_, v| {
+        let p = (v[0] * v[1]).tanh();
+        vec![p, p, v[2]]
+    });
+    let g = ((out[0] + out[1]) * out[2]).sum().backward();
+    assert_bitwise(g.wrt(x), &plain.0, "dx");
+    assert_bitwise(g.wrt(w), &plain.1, "dw");
+}
+
+#[test]
+fn a_segment_of_zero_steps_is_refused() {
+    let r = std::panic::catch_unwind(|| Checkpointing::Every(0).segment_steps(5));
+    let msg = r
+        .err()
+        .and_then(|e| e.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(msg.contains("Every(0)"), "got: {msg}");
 }

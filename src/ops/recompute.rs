@@ -46,7 +46,7 @@ use std::sync::Arc;
 ///
 /// Implemented for every `Fn(&Tape<F>, &[Var<F>]) -> Vec<Var<F>>` that is
 /// `Send + Sync + 'static`; pass a closure to [`Tape::checkpoint`].
-pub trait Segment<F>: Send + Sync + 'static {
+pub(crate) trait Segment<F>: Send + Sync + 'static {
     /// Records the function on `tape` from `inputs` (leaves on `tape`).
     fn run<'s>(&self, tape: &'s Tape<F>, inputs: &[Var<'s, F>]) -> Vec<Var<'s, F>>
     where
