@@ -725,7 +725,7 @@ fn train<K: Cell + Clone, C: Collective>(
         model.cell_name(),
         cfg.num_layers,
         cfg.hidden_size,
-        cfg.hidden_size,
+        model.recurrent().spec().output_size,
         model.vocab().len(),
         model.store().num_elements(),
         args.batch,
