@@ -22,6 +22,10 @@
 //!   readout and a loss) gives the full-BPTT gradient (same tolerance);
 //! - a var passed twice to `Tape::checkpoint`, or an output returned
 //!   twice, is one input or output (gradients bitwise the plain ones);
+//! - the same with AWD-LSTM's weight drop and locked dropout on (the
+//!   masks are drawn outside the segments), and for the cell variants:
+//!   minGRU / minLSTM (each segment one scan node), layer-norm and peephole
+//!   LSTMs;
 //! - a parameter missing from a checkpoint's inputs is refused by name, and
 //!   `Checkpointing::Every(0)` is refused.
 //!
@@ -29,7 +33,8 @@
 //! T) and `examples/bptt_memory.rs sweep` (T up to 100,000).
 
 use tapegrad::layers::{
-    Cell, Checkpointing, GruCell, LstmCell, Recurrent, RecurrentConfig, RnnCell, RunOptions,
+    Cell, Checkpointing, GruCell, LayerNormLstmCell, LstmCell, MinGruCell, MinLstmCell,
+    PeepholeLstmCell, Recurrent, RecurrentConfig, RnnCell, RunOptions,
 };
 use tapegrad::{ParamStore, Tape, Tensor, Var};
 
@@ -59,6 +64,10 @@ struct Case {
     lengths: bool,
     batch: usize,
     steps: usize,
+    /// AWD-LSTM's regularisers on (weight drop 0.3, locked dropout 0.1 /
+    /// 0.2 / 0.3, a dropout seed): the same masks with and without
+    /// checkpointing.
+    awd: bool,
 }
 
 fn run<C: Cell + Default>(case: Case, how: Checkpointing, projection: usize) -> Run {
@@ -69,6 +78,11 @@ fn run<C: Cell + Default>(case: Case, how: Checkpointing, projection: usize) -> 
         .bidirectional(case.bi)
         .projection_steps(projection)
         .checkpoint(how);
+    let cfg = if case.awd {
+        cfg.weight_drop(0.3).locked_dropout(0.1, 0.2, 0.3)
+    } else {
+        cfg
+    };
     let layer = Recurrent::<C>::new(&mut store, "rec", cfg, 3);
     let tape = Tape::new();
     let x = tape.var(Tensor::randn(&[case.steps, case.batch, i], 4));
@@ -79,7 +93,7 @@ fn run<C: Cell + Default>(case: Case, how: Checkpointing, projection: usize) -> 
         .collect();
     let opts = RunOptions {
         lengths: case.lengths.then_some(&lengths[..]),
-        dropout_seed: None,
+        dropout_seed: case.awd.then_some(7),
     };
     let out = layer.forward_with(&tape, &store, x, Some(&init), opts);
     let s = out.stacked();
@@ -191,6 +205,7 @@ fn every_case<C: Cell + Default>() -> f64 {
                 lengths: false,
                 batch: 2,
                 steps: 9,
+                awd: false,
             },
             Checkpointing::Auto,
         ),
@@ -201,6 +216,7 @@ fn every_case<C: Cell + Default>() -> f64 {
                 lengths: true,
                 batch: 3,
                 steps: 10,
+                awd: false,
             },
             Checkpointing::Every(3),
         ),
@@ -211,6 +227,7 @@ fn every_case<C: Cell + Default>() -> f64 {
                 lengths: false,
                 batch: 2,
                 steps: 7,
+                awd: false,
             },
             Checkpointing::Every(1),
         ),
@@ -221,6 +238,7 @@ fn every_case<C: Cell + Default>() -> f64 {
                 lengths: false,
                 batch: 2,
                 steps: 5,
+                awd: false,
             },
             Checkpointing::Every(50),
         ),
@@ -231,6 +249,7 @@ fn every_case<C: Cell + Default>() -> f64 {
                 lengths: true,
                 batch: 70,
                 steps: 8,
+                awd: false,
             },
             Checkpointing::Auto,
         ),
@@ -264,6 +283,37 @@ fn checkpointed_user_cells_match_the_plain_run() {
     let a = every_case::<UserLstm>();
     let b = every_case::<Mgu>();
     eprintln!("user lstm {a:e}, mgu {b:e}");
+}
+
+#[test]
+fn checkpointed_cell_variants_match_the_plain_run() {
+    // minGRU and minLSTM run each segment as one scan node
+    // (`Cell::sequence`); the layer-norm and peephole LSTMs step.
+    let worst = [
+        every_case::<MinGruCell>(),
+        every_case::<MinLstmCell>(),
+        every_case::<LayerNormLstmCell>(),
+        every_case::<PeepholeLstmCell>(),
+    ];
+    eprintln!("mingru, minlstm, ln_lstm, peephole_lstm: {worst:?}");
+}
+
+#[test]
+fn checkpointing_keeps_the_awd_regularisers_masks() {
+    // Weight drop is drawn once per forward on the outer tape, before the
+    // segments; locked dropout acts on the layer's input and outputs.
+    for how in [Checkpointing::Auto, Checkpointing::Every(3)] {
+        let case = Case {
+            layers: 2,
+            bi: true,
+            lengths: true,
+            batch: 3,
+            steps: 10,
+            awd: true,
+        };
+        compare::<LstmCell>(case, how);
+        compare::<GruCell>(Case { batch: 70, ..case }, how);
+    }
 }
 
 #[path = "common/long_lm.rs"]
