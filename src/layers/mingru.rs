@@ -42,6 +42,25 @@ pub enum ScanMode {
     Sequential,
 }
 
+impl ScanMode {
+    /// The [`Cell::sequence`] of a cell whose step is h = a⊙h₋ + b with
+    /// (a, b) = `coefficients(projection, hidden)`: in parallel mode h for
+    /// every step of the chunk as one scan node; `None` (step) otherwise.
+    pub(super) fn scan<'t, F: Real>(
+        self,
+        s: &Sequence<'_, 't, F>,
+        state: &[Var<'t, F>],
+        coefficients: impl Fn(Var<'t, F>, usize) -> (Var<'t, F>, Var<'t, F>),
+    ) -> Option<(Var<'t, F>, Vec<Var<'t, F>>)> {
+        if self == ScanMode::Sequential {
+            return None;
+        }
+        let (a, b) = coefficients(s.input(), s.hidden());
+        let hs = s.scan(a, b, state[0]);
+        Some((hs, vec![s.last(hs)]))
+    }
+}
+
 /// The minGRU cell: `z = σ(x·W_zᵀ + b_z)`, `h̃ = x·W_hᵀ + b_h`,
 /// `h = (1 − z)⊙h₋ + z⊙h̃`. Parameters `weight_ih_l{k}` [2H × I] (blocks
 /// z, h̃) and `bias_ih_l{k}` [2H]; no recurrent weight.
@@ -110,12 +129,7 @@ impl Cell for MinGruCell {
         s: &Sequence<'_, 't, F>,
         state: &[Var<'t, F>],
     ) -> Option<(Var<'t, F>, Vec<Var<'t, F>>)> {
-        if self.mode == ScanMode::Sequential {
-            return None;
-        }
-        let (a, b) = Self::coefficients(s.input(), s.hidden());
-        let hs = s.scan(a, b, state[0]);
-        Some((hs, vec![s.last(hs)]))
+        self.mode.scan(s, state, Self::coefficients)
     }
 }
 

@@ -88,12 +88,7 @@ impl Cell for MinLstmCell {
         s: &Sequence<'_, 't, F>,
         state: &[Var<'t, F>],
     ) -> Option<(Var<'t, F>, Vec<Var<'t, F>>)> {
-        if self.mode == ScanMode::Sequential {
-            return None;
-        }
-        let (a, b) = Self::coefficients(s.input(), s.hidden());
-        let hs = s.scan(a, b, state[0]);
-        Some((hs, vec![s.last(hs)]))
+        self.mode.scan(s, state, Self::coefficients)
     }
 }
 

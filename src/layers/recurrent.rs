@@ -530,6 +530,21 @@ struct Direction<'t, F: Real> {
     rows: Option<Var<'t, F>>,
 }
 
+impl<'t, F: Real> Direction<'t, F> {
+    /// From the per-step outputs once every step has run.
+    fn of_steps(outs: Vec<Option<Var<'t, F>>>, last: Vec<Var<'t, F>>) -> Self {
+        let outs = outs
+            .into_iter()
+            .map(|o| o.expect("every step ran"))
+            .collect();
+        Direction {
+            outs,
+            last,
+            rows: None,
+        }
+    }
+}
+
 /// Per-step validity masks of one state width: `masks[t]` is [B×width].
 struct Masks {
     width: usize,
@@ -914,15 +929,7 @@ impl<C: Cell> Recurrent<C> {
             }
             state = res[len..].to_vec();
         }
-        let outs = outs
-            .into_iter()
-            .map(|o| o.expect("every step ran"))
-            .collect();
-        Direction {
-            outs,
-            last: state,
-            rows: None,
-        }
+        Direction::of_steps(outs, state)
     }
 
     /// Steps `t0..t0 + len` of one direction of layer `l` (in the
@@ -999,15 +1006,7 @@ impl<C: Cell> Recurrent<C> {
         if let Some(r) = rows {
             r.release();
         }
-        let outs = outs
-            .into_iter()
-            .map(|o| o.expect("every step ran"))
-            .collect();
-        Direction {
-            outs,
-            last: state,
-            rows: None,
-        }
+        Direction::of_steps(outs, state)
     }
 
     /// One direction through [`Cell::sequence`] when the cell runs whole
@@ -1092,10 +1091,6 @@ impl<C: Cell> Recurrent<C> {
             chunks.push((t0, hs));
             state = last;
         }
-        let outs = outs
-            .into_iter()
-            .map(|o| o.expect("every step ran"))
-            .collect();
         // The chunks' outputs as one var, for `SeqOutput::stacked_rows`
         // without T slices and a concat in the backward pass.
         chunks.sort_by_key(|&(t0, _)| t0);
@@ -1104,9 +1099,8 @@ impl<C: Cell> Recurrent<C> {
             many => Var::concat(&many.iter().map(|&(_, v)| v).collect::<Vec<_>>(), 0),
         };
         Some(Direction {
-            outs,
-            last: state,
             rows: Some(rows),
+            ..Direction::of_steps(outs, state)
         })
     }
 
