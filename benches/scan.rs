@@ -20,15 +20,17 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
-use tapegrad::layers::{
-    Cell, GruCell, Linear, LstmCell, MinGruCell, MinLstmCell, Recurrent, RecurrentConfig,
-};
-use tapegrad::{Grads, ParamStore, Reduction, Tape, Tensor, Var};
+use tapegrad::layers::{GruCell, LstmCell, MinGruCell, MinLstmCell, Recurrent, RecurrentConfig};
+use tapegrad::{ParamStore, Tape, Tensor, Var};
 
 #[path = "common/sizes.rs"]
 mod sizes;
 
-use sizes::{Config, CONFIGS};
+#[path = "common/lm_step.rs"]
+mod lm_step;
+
+use lm_step::bench_cell;
+use sizes::CONFIGS;
 
 /// `Σ h(t)` backward through a minGRU layer in either mode.
 fn scan(cr: &mut Criterion) {
@@ -107,54 +109,6 @@ fn scan_op(cr: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// One cell's training step of the `lstm_bptt` task.
-struct Model<C> {
-    store: ParamStore<f32>,
-    layer: Recurrent<C>,
-    head: Linear,
-}
-
-impl<C: Cell> Model<C> {
-    fn new(cell: C, c: &Config) -> Self {
-        let mut store = ParamStore::new();
-        let layer =
-            Recurrent::with_cell(cell, &mut store, "rnn", RecurrentConfig::new(c.i, c.h), 5);
-        let head = Linear::new(&mut store, "decoder", c.h, c.o, true, 6);
-        Model { store, layer, head }
-    }
-
-    fn step(&self, tape: &Tape<f32>, x: &Tensor<f32>, targets: &[usize]) -> (f32, Grads<f32>) {
-        let xv = tape.constant_from_slice(x.data(), x.shape());
-        let rows = self
-            .layer
-            .forward(tape, &self.store, xv, None)
-            .stacked_rows();
-        let logits = self.head.forward(tape, &self.store, rows);
-        let loss = logits.cross_entropy(targets, Reduction::Sum);
-        logits.release();
-        (loss.item(), loss.backward())
-    }
-}
-
-fn bench_cell<C: Cell>(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    name: &str,
-    cell: C,
-    c: &Config,
-) {
-    let x = Tensor::<f32>::randn(&[c.t, c.b, c.i], 11);
-    let targets: Vec<usize> = (0..c.t * c.b).map(|k| (k * 7 + 3) % c.o).collect();
-    let model = Model::new(cell, c);
-    let mut tape = Tape::new();
-    group.bench_function(BenchmarkId::new(name, c.name), |bench| {
-        bench.iter(|| {
-            let (loss, grads) = model.step(&tape, &x, &targets);
-            black_box(loss);
-            tape.reset_with(grads);
-        })
-    });
 }
 
 fn min_bptt(cr: &mut Criterion) {

@@ -20,19 +20,21 @@
 //! `cargo bench --bench variants`; medians and ratios in
 //! docs/performance.md ("LSTM variants").
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use std::hint::black_box;
+use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::Duration;
 use tapegrad::layers::{
-    Cell, CellSpec, Init, LayerNormLstm, Linear, Lstm, PeepholeLstm, ProjLstm, ProjLstmCell,
-    Recurrent, RecurrentConfig, Step,
+    Cell, CellSpec, Init, LayerNormLstmCell, LstmCell, PeepholeLstmCell, ProjLstmCell, Step,
 };
-use tapegrad::{Grads, ParamStore, Real, Reduction, Tape, Tensor, Var};
+use tapegrad::{Real, Var};
 
 #[path = "common/sizes.rs"]
 mod sizes;
 
-use sizes::{Config, CONFIGS};
+#[path = "common/lm_step.rs"]
+mod lm_step;
+
+use lm_step::bench_cell;
+use sizes::CONFIGS;
 
 /// The layer-normalised LSTM of `LayerNormLstmCell`, off the fast path:
 /// per-step products with weights in PyTorch's layout (see the module
@@ -76,58 +78,7 @@ impl Cell for NaiveLnLstm {
     }
 }
 
-/// The layer under test.
-enum Layer {
-    Lstm(Lstm),
-    Proj(ProjLstm),
-    Ln(LayerNormLstm),
-    Peephole(PeepholeLstm),
-    LnNaive(Recurrent<NaiveLnLstm>),
-}
-
-struct Model {
-    store: ParamStore<f32>,
-    layer: Layer,
-    head: Linear,
-}
-
-impl Model {
-    fn new(c: &Config, which: &str) -> Self {
-        let mut store = ParamStore::new();
-        let cfg = RecurrentConfig::new(c.i, c.h);
-        let s = &mut store;
-        let (layer, width) = match which {
-            "lstm" => (Layer::Lstm(Lstm::new(s, "lstm", cfg, 5)), c.h),
-            "proj" => {
-                let cell = ProjLstmCell::new(c.h / 2);
-                let l = ProjLstm::with_cell(cell, s, "lstm", cfg, 5);
-                (Layer::Proj(l), c.h / 2)
-            }
-            "ln_lstm" => (Layer::Ln(LayerNormLstm::new(s, "lstm", cfg, 5)), c.h),
-            "peephole" => (Layer::Peephole(PeepholeLstm::new(s, "lstm", cfg, 5)), c.h),
-            _ => (Layer::LnNaive(Recurrent::new(s, "lstm", cfg, 5)), c.h),
-        };
-        let head = Linear::new(&mut store, "decoder", width, c.o, true, 6);
-        Model { store, layer, head }
-    }
-
-    fn step(&self, tape: &Tape<f32>, x: &Tensor<f32>, targets: &[usize]) -> (f32, Grads<f32>) {
-        let x = tape.constant_from_slice(x.data(), x.shape());
-        let s = &self.store;
-        let rows = match &self.layer {
-            Layer::Lstm(l) => l.forward(tape, s, x, None).stacked_rows(),
-            Layer::Proj(l) => l.forward(tape, s, x, None).stacked_rows(),
-            Layer::Ln(l) => l.forward(tape, s, x, None).stacked_rows(),
-            Layer::Peephole(l) => l.forward(tape, s, x, None).stacked_rows(),
-            Layer::LnNaive(l) => l.forward(tape, s, x, None).stacked_rows(),
-        };
-        let logits = self.head.forward(tape, s, rows);
-        let loss = logits.cross_entropy(targets, Reduction::Sum);
-        logits.release(); // cross-entropy saved its probabilities
-        (loss.item(), loss.backward())
-    }
-}
-
+/// Each variant's training step at M and L, one thread.
 fn variants(cr: &mut Criterion) {
     tapegrad::set_num_threads(1);
     let mut group = cr.benchmark_group("variants");
@@ -140,19 +91,11 @@ fn variants(cr: &mut Criterion) {
                 .sample_size(20)
                 .measurement_time(Duration::from_secs(6)),
         };
-        let x = Tensor::<f32>::randn(&[c.t, c.b, c.i], 11);
-        let targets: Vec<usize> = (0..c.t * c.b).map(|k| (k * 7 + 3) % c.o).collect();
-        for which in ["lstm", "proj", "ln_lstm", "peephole", "ln_naive"] {
-            let model = Model::new(&c, which);
-            let mut tape = Tape::new();
-            group.bench_function(BenchmarkId::new(which, c.name), |bench| {
-                bench.iter(|| {
-                    let (loss, grads) = model.step(&tape, &x, &targets);
-                    black_box(loss);
-                    tape.reset_with(grads);
-                })
-            });
-        }
+        bench_cell(&mut group, "lstm", LstmCell, &c);
+        bench_cell(&mut group, "proj", ProjLstmCell::new(c.h / 2), &c);
+        bench_cell(&mut group, "ln_lstm", LayerNormLstmCell::default(), &c);
+        bench_cell(&mut group, "peephole", PeepholeLstmCell, &c);
+        bench_cell(&mut group, "ln_naive", NaiveLnLstm, &c);
     }
     group.finish();
 }
