@@ -28,6 +28,7 @@
 //! initialised to 1 and biases to 0 (as the paper and `nn.LayerNorm` do).
 
 use super::cell::{Cell, CellSpec, Init, Step};
+use super::lstm::gates_and_cell;
 use super::Recurrent;
 use crate::{Real, Var};
 
@@ -111,14 +112,7 @@ impl Cell for LayerNormLstmCell {
             let r = s.recurrent(h);
             a + r.layer_norm_affine(p("ln_gain_hh"), p("ln_bias_hh"), eps)
         };
-        let i = z.sigmoid_cols(0, hs);
-        let f = z.sigmoid_cols(hs, hs);
-        let g = z.tanh_cols(2 * hs, hs);
-        let o = z.sigmoid_cols(3 * hs, hs);
-        let c = {
-            let _s = tape.scope("cell");
-            f * c_prev + i * g
-        };
+        let (o, c) = gates_and_cell(s, z, c_prev, hs);
         let h = {
             let _s = tape.scope("hidden");
             o * c

@@ -34,6 +34,33 @@ pub struct LstmCell;
 /// An activation of a window of columns (`Var::sigmoid_cols`, `tanh_cols`).
 type GateAct<'t, F> = fn(Var<'t, F>, usize, usize) -> Var<'t, F>;
 
+/// From the pre-activations z = [z_i z_f z_g z_o] [B × 4H] and c₋: the
+/// output gate o = σ(z_o) and the new cell c = σ(z_f)⊙c₋ + σ(z_i)⊙tanh(z_g),
+/// each gate activating its block of z in place under its own label scope.
+/// Shared with the layer-normalised LSTM (`ln_lstm.rs`), whose gates are
+/// the LSTM's.
+pub(super) fn gates_and_cell<'t, F: Real>(
+    s: &Step<'_, 't, F>,
+    z: Var<'t, F>,
+    c_prev: Var<'t, F>,
+    hs: usize,
+) -> (Var<'t, F>, Var<'t, F>) {
+    let tape = s.tape();
+    let block = |k: usize, name: &'static str, act: GateAct<'t, F>| {
+        let _s = tape.scope(name);
+        act(z, k * hs, hs)
+    };
+    let i = block(0, "input_gate", Var::sigmoid_cols);
+    let f = block(1, "forget_gate", Var::sigmoid_cols);
+    let g = block(2, "cell_gate", Var::tanh_cols);
+    let o = block(3, "output_gate", Var::sigmoid_cols);
+    let c = {
+        let _s = tape.scope("cell");
+        f * c_prev + i * g
+    };
+    (o, c)
+}
+
 impl Cell for LstmCell {
     fn name(&self) -> &str {
         "lstm"
@@ -50,18 +77,7 @@ impl Cell for LstmCell {
             let _s = tape.scope("gates");
             s.gates(h)
         };
-        let block = |k: usize, name: &'static str, act: GateAct<'t, F>| {
-            let _s = tape.scope(name);
-            act(z, k * hs, hs)
-        };
-        let i = block(0, "input_gate", Var::sigmoid_cols);
-        let f = block(1, "forget_gate", Var::sigmoid_cols);
-        let g = block(2, "cell_gate", Var::tanh_cols);
-        let o = block(3, "output_gate", Var::sigmoid_cols);
-        let c = {
-            let _s = tape.scope("cell");
-            f * c_prev + i * g
-        };
+        let (o, c) = gates_and_cell(s, z, c_prev, hs);
         let h = {
             let _s = tape.scope("hidden");
             o * c.tanh()

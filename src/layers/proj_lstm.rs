@@ -20,6 +20,7 @@
 //! defers and batches W_hr's gradient over the steps as it does W_hh's.
 
 use super::cell::{Cell, CellSpec, Init, Step};
+use super::lstm::LstmCell;
 use super::Recurrent;
 use crate::error::{fail, Error, ErrorKind};
 use crate::{Real, Var};
@@ -91,25 +92,12 @@ impl Cell for ProjLstmCell {
     }
 
     fn step<'t, F: Real>(&self, s: &Step<'_, 't, F>, state: &[Var<'t, F>]) -> Vec<Var<'t, F>> {
-        let (h, c_prev, hs) = (state[0], state[1], s.hidden());
-        let tape = s.tape();
-        let z = {
-            let _s = tape.scope("gates");
-            s.gates(h)
-        };
-        let i = z.sigmoid_cols(0, hs);
-        let f = z.sigmoid_cols(hs, hs);
-        let g = z.tanh_cols(2 * hs, hs);
-        let o = z.sigmoid_cols(3 * hs, hs);
-        let c = {
-            let _s = tape.scope("cell");
-            f * c_prev + i * g
-        };
-        let h = {
-            let _s = tape.scope("projection");
-            (o * c.tanh()).matmul_t(s.param("weight_hr"))
-        };
-        vec![h, c]
+        // The LSTM's step (h₋ of width P feeds W_hh [4H × P]), then h
+        // projected: h = W_hr·(o⊙tanh c).
+        let mut next = LstmCell.step(s, state);
+        let _s = s.tape().scope("projection");
+        next[0] = next[0].matmul_t(s.param("weight_hr"));
+        next
     }
 }
 
