@@ -189,6 +189,18 @@ impl<F: Real> Op<F> {
         }
     }
 
+    /// `Some(off)` if the rule for input `k` is "∂L/∂x_k = gy's elements
+    /// `off..off + numel(x_k)`, unchanged" (a concat along a contiguous
+    /// axis): the sweep then lends that window of gy to the input instead
+    /// of copying it into a slot of its own at once (`tape/backward.rs`).
+    #[inline]
+    pub(crate) fn gradient_window(&self, k: usize, ctx: &BackwardCtx<'_, F>) -> Option<usize> {
+        match self {
+            Op::Shape(o) => o.gradient_window(k, ctx),
+            _ => None,
+        }
+    }
+
     /// Whether the rule computes every input's gradient at once
     /// ([`Op::backward_all`]) instead of one input at a time.
     pub(crate) fn takes_all_slots(&self) -> bool {

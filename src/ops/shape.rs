@@ -2,7 +2,13 @@
 //! slice/split along an axis, and row gather (embedding lookup).
 //!
 //! Along an axis every tensor is seen as [outer, n, inner] with `inner`
-//! contiguous, so each op copies whole `n·inner` blocks. Gradients move the
+//! contiguous, so each op copies whole `n·inner` blocks — or copies
+//! nothing: a reshape, a slice whose window is contiguous (along the
+//! leading axis, or any axis with only 1s before it) and a concat of
+//! adjacent windows of one buffer (the slices of a sequence, joined back)
+//! are **views** that share their source's buffer (`tensor/storage.rs`).
+//! A view holds its source's buffer alive; its gradient is the same as the
+//! copy's, so the rules below do not know the difference. Gradients move the
 //! same blocks back: concat hands each input its block of `gy`; a slice adds
 //! `gy` into its window of the input's gradient *in place* (the first slice
 //! to arrive zeroes the buffer once), so splitting a [T·B×4H] tensor into T
@@ -110,6 +116,23 @@ impl ShapeOp {
         }
     }
 
+    /// For a concat along a contiguous axis (only 1s before it), where
+    /// input `k`'s gradient starts in gy: it is that window, unchanged (see
+    /// `Op::gradient_window`).
+    pub(crate) fn gradient_window<F: Real>(
+        &self,
+        k: usize,
+        c: &BackwardCtx<'_, F>,
+    ) -> Option<usize> {
+        match self {
+            ShapeOp::Concat { axis, offsets, .. } => {
+                let (outer, _, inner) = around(c.gy.shape(), *axis);
+                (outer == 1).then(|| offsets.start(k) * inner)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn backward<F: Real>(
         &self,
         k: usize,
@@ -166,6 +189,24 @@ impl ShapeOp {
     }
 }
 
+/// Elements `at..at + numel(shape)` of `x` under `shape`: a view if `x`'s
+/// buffer is shareable (the ops make it so before recording), else a
+/// pooled copy.
+fn window<F: Real>(
+    x: &Tensor<F>,
+    at: usize,
+    shape: &[usize],
+    pool: &mut crate::tape::pool::Pool<F>,
+) -> Result<Tensor<F>> {
+    if let Some(view) = x.view(at, shape) {
+        return Ok(view);
+    }
+    let n = numel(shape)?;
+    let mut out = pool.take(n, "view")?;
+    out.copy_from_slice(&x.data()[at..at + n]);
+    Ok(Tensor::from_parts(Shape::from_slice(shape), out))
+}
+
 fn check_axis(op: &str, shape: &[usize], axis: usize, limit: usize) -> Result<()> {
     if axis >= limit {
         return Err(Error::shape(
@@ -191,6 +232,7 @@ impl<'t, F: Real> Var<'t, F> {
     /// ```
     #[track_caller]
     pub fn reshape(self, shape: &[usize]) -> Var<'t, F> {
+        self.tape().make_shareable(self);
         self.tape().record("reshape", &[self], |x, pool| {
             let x = x[0];
             if numel(shape)? != x.numel() {
@@ -199,12 +241,7 @@ impl<'t, F: Real> Var<'t, F> {
                     format!("cannot reshape {:?} into {shape:?}", x.shape()),
                 ));
             }
-            let mut out = pool.take(x.numel(), "reshape")?;
-            out.copy_from_slice(x.data());
-            Ok((
-                Op::Shape(ShapeOp::Reshape),
-                Tensor::from_parts(Shape::from_slice(shape), out),
-            ))
+            Ok((Op::Shape(ShapeOp::Reshape), window(x, 0, shape, pool)?))
         })
     }
 
@@ -254,7 +291,7 @@ impl<'t, F: Real> Var<'t, F> {
         let Some(first) = parts.first() else {
             fail(Error::shape(name, "needs at least one input"));
         };
-        first.tape().record(name, parts, |x, pool| {
+        let joined = first.tape().record(name, parts, |x, pool| {
             let s0 = x[0].shape();
             let rank = if stack { s0.len() + 1 } else { s0.len() };
             check_axis(name, s0, axis, rank)?;
@@ -284,6 +321,19 @@ impl<'t, F: Real> Var<'t, F> {
                 shape[axis] += if stack { 1 } else { s[axis] };
             }
             let (outer, _, inner) = around(&shape, axis);
+            let lens = x.iter().map(|t| if stack { 1 } else { t.shape()[axis] });
+            let op = Op::Shape(ShapeOp::Concat {
+                axis,
+                stack,
+                offsets: Offsets::of(lens),
+            });
+            // Adjacent windows of one buffer, joined along a contiguous
+            // axis: the join is a view of that buffer.
+            if outer == 1 {
+                if let Some(view) = Tensor::joined(x, &shape) {
+                    return Ok((op, view));
+                }
+            }
             let mut out = pool.take(numel(&shape)?, name)?;
             let mut pos = 0;
             for o in 0..outer {
@@ -294,16 +344,14 @@ impl<'t, F: Real> Var<'t, F> {
                     pos += block.len();
                 }
             }
-            let lens = x.iter().map(|t| if stack { 1 } else { t.shape()[axis] });
-            Ok((
-                Op::Shape(ShapeOp::Concat {
-                    axis,
-                    stack,
-                    offsets: Offsets::of(lens),
-                }),
-                Tensor::from_parts(shape, out),
-            ))
-        })
+            Ok((op, Tensor::from_parts(shape, out)))
+        });
+        // A copying join along a contiguous axis: large inputs become views
+        // of it (`Tape::reseat_as_views`), so their elements are held once.
+        if joined.shape()[..axis].iter().all(|&d| d == 1) {
+            joined.tape().reseat_as_views(joined);
+        }
+        joined
     }
 
     /// The window `start..start+len` along `axis` (PyTorch's `narrow`).
@@ -323,6 +371,13 @@ impl<'t, F: Real> Var<'t, F> {
     /// ```
     #[track_caller]
     pub fn slice(self, axis: usize, start: usize, len: usize) -> Var<'t, F> {
+        let contiguous = self
+            .shape()
+            .get(..axis)
+            .is_some_and(|s| s.iter().all(|&d| d == 1));
+        if contiguous {
+            self.tape().make_shareable(self);
+        }
         self.tape().record("slice", &[self], |x, pool| {
             let x = x[0];
             check_axis("slice", x.shape(), axis, x.rank())?;
@@ -339,16 +394,17 @@ impl<'t, F: Real> Var<'t, F> {
             }
             let mut shape: Shape = Shape::from_slice(x.shape());
             shape[axis] = len;
+            let op = Op::Shape(ShapeOp::Slice { axis, start, len });
+            if outer == 1 {
+                return Ok((op, window(x, start * inner, &shape, pool)?));
+            }
             let mut out = pool.take(outer * len * inner, "slice")?;
             for o in 0..outer {
                 let from = (o * n + start) * inner;
                 out[o * len * inner..(o + 1) * len * inner]
                     .copy_from_slice(&x.data()[from..from + len * inner]);
             }
-            Ok((
-                Op::Shape(ShapeOp::Slice { axis, start, len }),
-                Tensor::from_parts(shape, out),
-            ))
+            Ok((op, Tensor::from_parts(shape, out)))
         })
     }
 

@@ -148,6 +148,9 @@ pub(crate) struct Inner<F> {
     /// capacity) between sweeps so a backward allocates none (see
     /// `backward.rs`).
     pub(crate) sweep_slots: Vec<Option<Vec<F>>>,
+    /// The sweep's lent gradient windows per node (`backward.rs`,
+    /// `Loans`), kept like `sweep_slots`.
+    pub(crate) sweep_lent: Vec<Option<(u32, usize)>>,
     /// The scratch tape of a checkpointed function: every parameter it may
     /// read was bound by the checkpoint from its inputs, so binding another
     /// one is refused (its gradient would not reach the outer tape).
@@ -225,6 +228,7 @@ impl<F: Real> Tape<F> {
                 param_names: HashMap::new(),
                 anomaly: false,
                 sweep_slots: Vec::new(),
+                sweep_lent: Vec::new(),
                 sealed: false,
                 scratch: Scratch::default(),
             }),
@@ -310,6 +314,7 @@ impl<F: Real> Tape<F> {
         let inner = self.inner.get_mut();
         inner.pool.clear();
         inner.sweep_slots = Vec::new();
+        inner.sweep_lent = Vec::new();
         if let Ok(mut spare) = inner.scratch.lock() {
             spare.clear();
         }
@@ -448,6 +453,13 @@ impl<F: Real> Tape<F> {
     /// var, so a weight used at every time step is one leaf whose gradient
     /// sums over the steps.
     ///
+    /// The leaf's value is the store's own buffer, shared, not a copy (the
+    /// store keeps its values shareable, see [`Tensor::into_shared`]).
+    /// Writing to the parameter in the store while this tape still holds
+    /// it copies the parameter first (copy on write), so the tape's value
+    /// never changes under it; reset the tape before the optimizer step
+    /// and the update writes in place.
+    ///
     /// # Panics
     /// If `key` is not in `store`; see [`Tape::try_param`].
     ///
@@ -495,10 +507,16 @@ impl<F: Real> Tape<F> {
             ));
         }
         let src = store.try_get(key)?;
-        let value = {
-            let mut inner = self.inner.borrow_mut();
-            let buf = inner.pool.copy_of(src.data(), "param")?;
-            Tensor::from_parts(Shape::from_slice(src.shape()), buf)
+        // The store's buffer itself when it is shareable (the store makes
+        // its values so): no copy, and a write to the store while this tape
+        // holds it copies on write. Otherwise a pooled copy.
+        let value = match src.view(0, src.shape()) {
+            Some(shared) => shared,
+            None => {
+                let mut inner = self.inner.borrow_mut();
+                let buf = inner.pool.copy_of(src.data(), "param")?;
+                Tensor::from_parts(Shape::from_slice(src.shape()), buf)
+            }
         };
         let v = self.push_leaf(Op::Param(key), value, true);
         let mut inner = self.inner.borrow_mut();
@@ -718,6 +736,56 @@ impl<F: Real> Tape<F> {
         freed
     }
 
+    /// Makes the value of `v` shareable (see `tensor/storage.rs`), so ops
+    /// can record views of it instead of copies. A no-op for a var of
+    /// another tape (the op refuses it when it records).
+    pub(crate) fn make_shareable(&self, v: Var<'_, F>) {
+        if v.is_on(self) {
+            self.inner.borrow_mut().nodes[v.id() as usize]
+                .value
+                .make_shareable();
+        }
+    }
+
+    /// After `joined` (a concat along a contiguous axis that copied its
+    /// inputs) was recorded: each input that is an op's output holding a
+    /// buffer of its own of at least [`RESEAT_MIN`] elements becomes a view
+    /// of its window of the joined value, and its own buffer is freed. The
+    /// elements are equal, so no rule can tell; what changes is that the
+    /// T step outputs of a recurrent layer and their stacked rows for the
+    /// readout are held once instead of twice through backward.
+    pub(crate) fn reseat_as_views(&self, joined: Var<'_, F>) {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let id = joined.id() as usize;
+        let movable = |input: &Node<F>| {
+            !input.released
+                && !input.inputs.is_empty()
+                && !input.value.is_view()
+                && input.value.numel() >= RESEAT_MIN
+        };
+        let ids = inner.nodes[id].inputs.clone();
+        if inner.nodes[id].value.is_view()
+            || !ids.iter().any(|&j| movable(&inner.nodes[j as usize]))
+        {
+            return;
+        }
+        inner.nodes[id].value.make_shareable();
+        let mut at = 0;
+        for &j in &ids {
+            let j = j as usize;
+            let n = inner.nodes[j].value.numel();
+            if movable(&inner.nodes[j]) {
+                let shape = shape_of(&inner.nodes[j].value);
+                if let Some(view) = inner.nodes[id].value.view(at, &shape) {
+                    let own = std::mem::replace(&mut inner.nodes[j].value, view).take_data();
+                    inner.pool.forget(own.len());
+                }
+            }
+            at += n;
+        }
+    }
+
     /// Runs `f` with the value of node `id`.
     pub(crate) fn with_value<R>(&self, id: NodeId, f: impl FnOnce(&Tensor<F>) -> R) -> R {
         f(&self.inner.borrow().nodes[id as usize].value)
@@ -804,6 +872,14 @@ impl<F: Real> Drop for ScopeGuard<'_, F> {
         self.tape.inner.borrow_mut().scopes.current = self.prev;
     }
 }
+
+/// The smallest buffer (in elements) [`Tape::reseat_as_views`] frees after
+/// a concat copied it. Freed buffers are allocated afresh on the next
+/// training step instead of coming from the pool; below 2¹⁵ elements
+/// (128 KiB of `f32`: the L benchmark's [64 × 512] step outputs) that cost
+/// is a larger share of a step than the memory is worth, so smaller inputs
+/// keep their buffers.
+pub(crate) const RESEAT_MIN: usize = 1 << 15;
 
 /// Shape helper shared by tape code: the shape of a var's value.
 pub(crate) fn shape_of<F: Real>(t: &Tensor<F>) -> Shape {

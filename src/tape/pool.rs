@@ -176,6 +176,14 @@ impl<F: Copy + num_traits::Zero> Pool<F> {
         }
     }
 
+    /// Forgets a buffer of `n` elements this pool issued that will not come
+    /// back (its owner freed it), so the count of buffers out stays exact.
+    pub(crate) fn forget(&mut self, n: usize) {
+        if let Some(bucket) = self.bucket_if_any(n) {
+            bucket.on_loan = bucket.on_loan.saturating_sub(1);
+        }
+    }
+
     /// Elements held by free buffers (for memory accounting).
     pub(crate) fn held(&self) -> usize {
         self.held

@@ -1,15 +1,19 @@
 //! [`Tensor<F>`]: a dense, row-major, owned array of any rank — the values
 //! that flow through a tape.
 //!
-//! A tensor is a shape (a `SmallVec`, so ranks up to 4 never allocate) and a
-//! contiguous `Vec<F>`. There are no views or strides here: the tape keeps
-//! each node's value as one contiguous block, and the kernels that want a
-//! transposed operand get it through [`gemm::MatRef`] strides instead.
+//! A tensor is a shape (a `SmallVec`, so ranks up to 4 never allocate) and
+//! its contiguous elements: a `Vec<F>` of its own, or a contiguous window of
+//! a buffer shared with other tensors (a view: `storage.rs`), so the tape's
+//! slices, reshapes and stacked rows can read another value's buffer
+//! instead of copying it. There are no strides: every value is one
+//! contiguous block, and the kernels that want a transposed operand get it
+//! through [`gemm::MatRef`] strides instead.
 
 pub mod gemm;
 #[cfg(feature = "ndarray")]
 mod ndarray_conv;
 mod random;
+mod storage;
 pub mod vecmath;
 
 pub(crate) use random::derive_seed;
@@ -19,6 +23,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::Real;
 use smallvec::SmallVec;
 use std::fmt;
+use storage::Storage;
 
 /// A tensor shape: dimension sizes, outermost first. Ranks up to 4 are
 /// stored inline.
@@ -125,10 +130,20 @@ pub(crate) fn try_alloc<F: Copy>(n: usize, value: F, op: &str) -> Result<Vec<F>>
 /// assert_eq!(t.at(&[1, 0]), 4.0);
 /// assert_eq!(t.data().iter().sum::<f64>(), 21.0);
 /// ```
-#[derive(Clone, PartialEq)]
+///
+/// Cloning a shared tensor ([`Tensor::into_shared`]) shares its buffer
+/// instead of copying it; writing to either copies first, so clones never
+/// see each other's writes.
+#[derive(Clone)]
 pub struct Tensor<F> {
     shape: Shape,
-    data: Vec<F>,
+    data: Storage<F>,
+}
+
+impl<F: Real> PartialEq for Tensor<F> {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data.as_slice() == other.data.as_slice()
+    }
 }
 
 impl<F: Real> Tensor<F> {
@@ -159,7 +174,7 @@ impl<F: Real> Tensor<F> {
         let n = numel(shape)?;
         Ok(Tensor {
             shape: shape.into(),
-            data: try_alloc(n, value, "tensor")?,
+            data: Storage::Owned(try_alloc(n, value, "tensor")?),
         })
     }
 
@@ -192,7 +207,7 @@ impl<F: Real> Tensor<F> {
     pub fn scalar(value: F) -> Self {
         Tensor {
             shape: Shape::new(),
-            data: vec![value],
+            data: Storage::Owned(vec![value]),
         }
     }
 
@@ -216,7 +231,7 @@ impl<F: Real> Tensor<F> {
         }
         Ok(Tensor {
             shape: shape.into(),
-            data,
+            data: Storage::Owned(data),
         })
     }
 
@@ -251,20 +266,91 @@ impl<F: Real> Tensor<F> {
         let n = crate::error::or_panic(numel(shape));
         Tensor {
             shape: shape.into(),
-            data: (0..n).map(f).collect(),
+            data: Storage::Owned((0..n).map(f).collect()),
         }
     }
 
     /// Takes the buffer out, leaving the shape over an empty buffer: a tape
     /// value that was released. Such a tensor never leaves the crate.
+    ///
+    /// A view gives back its whole buffer if it was the buffer's last
+    /// holder, and an empty vector otherwise (see `storage.rs`).
     pub(crate) fn take_data(&mut self) -> Vec<F> {
-        std::mem::take(&mut self.data)
+        self.data.take_vec()
     }
 
     /// Internal constructor for callers that already hold a matching buffer.
     pub(crate) fn from_parts(shape: Shape, data: Vec<F>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor { shape, data }
+        Tensor {
+            shape,
+            data: Storage::Owned(data),
+        }
+    }
+
+    /// Makes the buffer shareable (moves it behind an `Arc`; no copy), so
+    /// [`Tensor::view`] can window it. A released (empty) value stays as it
+    /// is.
+    pub(crate) fn make_shareable(&mut self) {
+        let n = self.data.len();
+        if n > 0 && !self.data.is_shared() {
+            self.data = self.data.view(0, n);
+        }
+    }
+
+    /// A view of this shareable tensor's elements `at..at + numel(shape)`
+    /// under `shape`, or `None` if the buffer is not shareable (see
+    /// [`Tensor::make_shareable`]).
+    ///
+    /// # Panics
+    /// If the window is out of range.
+    pub(crate) fn view(&self, at: usize, shape: &[usize]) -> Option<Self> {
+        if !self.data.is_shared() {
+            return None;
+        }
+        let mut data = self.data.clone();
+        Some(Tensor {
+            data: data.view(at, shape.iter().product()),
+            shape: Shape::from_slice(shape),
+        })
+    }
+
+    /// If `parts` are adjacent views of one buffer, in order, the view they
+    /// cover together under `shape`: a concat along the leading axis that
+    /// copies nothing.
+    pub(crate) fn joined(parts: &[&Tensor<F>], shape: &[usize]) -> Option<Self> {
+        let storages: SmallVec<[&Storage<F>; 8]> = parts.iter().map(|t| &t.data).collect();
+        let data = Storage::joined(&storages)?;
+        (data.len() == shape.iter().product::<usize>()).then(|| Tensor {
+            shape: Shape::from_slice(shape),
+            data,
+        })
+    }
+
+    /// Whether this tensor is a view of a shared buffer.
+    pub(crate) fn is_view(&self) -> bool {
+        self.data.is_shared()
+    }
+
+    /// The same tensor with its buffer made shareable (no copy): from then
+    /// on its clones share the buffer instead of copying it — a data set or
+    /// a parameter bound on a tape every step without a copy. Writing to a
+    /// clone copies it first (copy on write), so no clone ever sees
+    /// another's writes.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let x = Tensor::<f32>::ones(&[1000, 64]).into_shared();
+    /// let tape = Tape::new();
+    /// let xv = tape.constant(x.clone()); // no copy of the 64,000 elements
+    /// assert_eq!(xv.value().data().as_ptr(), x.data().as_ptr());
+    /// let mut y = x.clone();
+    /// y.data_mut()[0] = 2.0; // y copies first
+    /// assert_eq!((x.data()[0], y.data()[0]), (1.0, 2.0));
+    /// ```
+    pub fn into_shared(mut self) -> Self {
+        self.make_shareable();
+        self
     }
 
     /// The shape, outermost dimension first.
@@ -298,7 +384,7 @@ impl<F: Real> Tensor<F> {
              its op does not declare (ops/mod.rs: reads_input / reads_output)",
             self.shape.as_slice()
         );
-        &self.data
+        self.data.as_slice()
     }
 
     /// The length of the buffer: `numel()`, or 0 once a tape released it.
@@ -306,7 +392,9 @@ impl<F: Real> Tensor<F> {
         self.data.len()
     }
 
-    /// The elements, row-major, writable.
+    /// The elements, row-major, writable. A shared tensor
+    /// ([`Tensor::into_shared`]) is copied first unless it is its buffer's
+    /// only holder.
     ///
     /// ```
     /// let mut t = tapegrad::Tensor::<f32>::zeros(&[2]);
@@ -314,17 +402,18 @@ impl<F: Real> Tensor<F> {
     /// assert_eq!(t.data(), &[0.0, 3.0]);
     /// ```
     pub fn data_mut(&mut self) -> &mut [F] {
-        &mut self.data
+        self.data.as_mut_slice()
     }
 
-    /// Gives up the tensor's buffer.
+    /// Gives up the tensor's buffer (a copy of the elements if the buffer
+    /// is shared with other tensors).
     pub fn into_vec(self) -> Vec<F> {
-        self.data
+        self.data.into_vec()
     }
 
     #[cfg(feature = "ndarray")]
     pub(crate) fn into_parts(self) -> (Shape, Vec<F>) {
-        (self.shape, self.data)
+        (self.shape, self.data.into_vec())
     }
 
     /// The single value of a one-element tensor.
@@ -339,7 +428,7 @@ impl<F: Real> Tensor<F> {
             self.shape,
             self.data.len()
         );
-        self.data[0]
+        self.data.as_slice()[0]
     }
 
     /// The element at a multi-index.
@@ -357,7 +446,7 @@ impl<F: Real> Tensor<F> {
             .iter()
             .zip(&self.shape)
             .fold(0, |acc, (&i, &d)| acc * d + i);
-        self.data[flat]
+        self.data.as_slice()[flat]
     }
 
     /// The same data under a new shape with the same element count.
@@ -388,7 +477,12 @@ impl<F: Real> Tensor<F> {
     pub fn cast<G: Real>(&self) -> Tensor<G> {
         Tensor {
             shape: self.shape.clone(),
-            data: self.data.iter().map(|&x| G::of(x.to_f64_lossy())).collect(),
+            data: Storage::Owned(
+                self.data()
+                    .iter()
+                    .map(|&x| G::of(x.to_f64_lossy()))
+                    .collect(),
+            ),
         }
     }
 
@@ -403,9 +497,9 @@ impl<F: Real> Tensor<F> {
         if self.shape != other.shape {
             return f64::INFINITY;
         }
-        self.data
+        self.data()
             .iter()
-            .zip(&other.data)
+            .zip(other.data())
             .map(|(a, b)| (a.to_f64_lossy() - b.to_f64_lossy()).abs())
             .fold(0.0, f64::max)
     }
@@ -417,7 +511,7 @@ impl<F: Real> Tensor<F> {
     /// assert_eq!(t.norm(), 5.0);
     /// ```
     pub fn norm(&self) -> f64 {
-        self.data
+        self.data()
             .iter()
             .map(|x| x.to_f64_lossy().powi(2))
             .sum::<f64>()
@@ -430,7 +524,7 @@ impl<F: Real> fmt::Debug for Tensor<F> {
         write!(f, "Tensor<{}>{:?} ", F::NAME, self.shape.as_slice())?;
         const SHOW: usize = 8;
         let mut list = f.debug_list();
-        list.entries(self.data.iter().take(SHOW));
+        list.entries(self.data.as_slice().iter().take(SHOW));
         if self.data.len() > SHOW {
             list.entry(&format_args!("… {} more", self.data.len() - SHOW));
         }
