@@ -226,6 +226,35 @@ impl<F: Real> DataParallel<F> {
         (results, g0)
     }
 
+    /// Resets every worker's tape, keeping the gradients of the last
+    /// [`DataParallel::step`] valid for their parameters: the tapes let go
+    /// of the parameters they bound (the store's own buffers, shared), so
+    /// an optimizer update that follows writes them in place instead of
+    /// copying each one first. Hand the gradients back afterwards with
+    /// [`DataParallel::reset_with`].
+    ///
+    /// ```
+    /// use tapegrad::{parallel::DataParallel, ParamStore, Tensor};
+    /// let mut store = ParamStore::<f32>::new();
+    /// let w = store.insert("w", Tensor::ones(&[4]));
+    /// let mut dp = DataParallel::<f32>::new(2);
+    /// let (_, g) = dp.step(|_, tape| ((), tape.param(&store, w).sum().backward()));
+    /// dp.reset();
+    /// let at = store.get(w).data().as_ptr();
+    /// let dw = g.param(w).unwrap().data().to_vec();
+    /// for (p, d) in store.get_mut(w).data_mut().iter_mut().zip(&dw) {
+    ///     *p -= 0.5 * d; // in place: no tape holds w any more
+    /// }
+    /// assert_eq!(store.get(w).data().as_ptr(), at);
+    /// assert_eq!(store.get(w).data(), &[0.0; 4]);
+    /// dp.reset_with(g);
+    /// ```
+    pub fn reset(&mut self) {
+        for tape in &mut self.tapes {
+            tape.reset();
+        }
+    }
+
     /// Hands the gradients of the last [`DataParallel::step`] back to
     /// worker 0's tape and resets it, so the next step reuses their buffers
     /// ([`Tape::reset_with`]).

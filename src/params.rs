@@ -114,7 +114,7 @@ impl<F: Real> ParamStore<F> {
             slot,
             Param {
                 name: name.clone(),
-                value,
+                value: value.into_shared(),
             },
         );
         self.by_name.insert(name, slot);
@@ -179,7 +179,9 @@ impl<F: Real> ParamStore<F> {
     /// The value behind `key`, writable, or a [`ErrorKind::StaleKey`] error.
     pub fn try_get_mut(&mut self, key: ParamKey) -> Result<&mut Tensor<F>> {
         let slot = self.slot(key)?;
-        Ok(&mut self.values[slot].value)
+        let value = &mut self.values[slot].value;
+        value.make_shareable();
+        Ok(value)
     }
 
     /// The value behind `key`, writable.

@@ -209,6 +209,9 @@ impl Tbptt {
                 tape.reset_with(grads);
                 return Err(e);
             }
+            // Reset first: the tape lets go of the store's (shared)
+            // parameter buffers, so the update writes them in place.
+            tape.reset();
             optimizer.step(store, &grads);
             tape.reset_with(grads);
             losses.push(loss);

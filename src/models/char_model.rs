@@ -487,6 +487,9 @@ impl<F: Real, C: Cell> CharModel<F, C> {
             let value = loss.item().to_f64_lossy();
             (value, last.to_tensors(), loss.backward())
         };
+        // The tape lets go of the parameters first (it binds the store's
+        // buffers, shared), so the update writes them in place.
+        tape.reset();
         let updated = self.update(optimizer, &mut grads, clip_norm);
         tape.reset_with(grads);
         let grad_norm = updated?;
@@ -600,6 +603,7 @@ impl<F: Real, C: Cell> CharModel<F, C> {
         });
         let mut loss = outs.iter().map(|(l, _)| l).sum();
         reduce(&mut grads, &mut loss);
+        dp.reset(); // as in `train_step`: the update then writes in place
         let updated = self.update(optimizer, &mut grads, clip_norm);
         dp.reset_with(grads);
         let grad_norm = updated?;

@@ -5,6 +5,13 @@
 //! (momentum buffers, moment estimates) is keyed by [`ParamKey`], so it
 //! follows the parameters, not the tape.
 //!
+//! A tape binds the store's own parameter buffers (shared, not copied:
+//! [`Tape::param`](crate::Tape::param)). An update while a tape still holds
+//! a parameter copies that parameter first (copy on write), so it is always
+//! correct; reset the tape before `step` (its gradients stay valid) and
+//! the update writes in place, as `CharModel::train_step` and
+//! `Tbptt::train` do.
+//!
 //! | optimizer | PyTorch | state per parameter |
 //! | --- | --- | --- |
 //! | [`Sgd`] (momentum, Nesterov, weight decay) | `torch.optim.SGD` | `momentum_buffer` |

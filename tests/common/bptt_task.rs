@@ -43,7 +43,7 @@ fn copy<F: Real>(store: &mut ParamStore<F>, name: &str, t: &Tensor<F>) -> ParamK
         .key(name)
         .unwrap_or_else(|| panic!("no parameter {name}"));
     assert_eq!(store.get(key).shape(), t.shape(), "{name}");
-    *store.get_mut(key) = t.clone();
+    *store.get_mut(key) = t.clone().into_shared();
     key
 }
 
