@@ -879,7 +879,8 @@ impl<C: Cell> Recurrent<C> {
     /// [`Self::run_direction`] in checkpointed segments of `k` steps (in the
     /// direction's order): each segment one node from (its state, its
     /// input rows, the parameters) to (its outputs, its final state), whose
-    /// steps run again in backward.
+    /// steps run again in backward — except the last, whose backward
+    /// follows at once: it runs on the tape as in the plain run.
     #[allow(clippy::too_many_arguments)]
     fn run_segments<'t, F: Real>(
         &self,
@@ -902,13 +903,28 @@ impl<C: Cell> Recurrent<C> {
         if d == 1 {
             starts.reverse();
         }
-        for t0 in starts {
+        let last = starts.len() - 1;
+        for (n, t0) in starts.into_iter().enumerate() {
             let len = k.min(steps - t0);
             let x = if len == steps {
                 input
             } else {
                 input.slice(0, t0, len)
             };
+            if n == last {
+                // The last segment's backward comes right after the
+                // forward pass: it runs on this tape and keeps its values
+                // (k steps' worth, within the √T budget) instead of being
+                // recomputed — one segment less of extra forward work.
+                let bound = self.bound_of(DirVars::from_list(present, &params), reorder);
+                let masks = masks.map(|m| &m[..]);
+                let dir = self.run_steps(tape, &bound, (l, d), x, t0, state, masks);
+                for (o, v) in outs[t0..t0 + len].iter_mut().zip(dir.outs) {
+                    *o = Some(v);
+                }
+                state = dir.last;
+                break;
+            }
             let mut inputs = state.clone();
             inputs.push(x);
             inputs.extend_from_slice(&params);

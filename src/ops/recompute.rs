@@ -179,14 +179,19 @@ fn leaves_on<'s, F: Real>(
         .zip(needs)
         .zip(keys)
         .map(|((&x, &need), key)| {
-            // A copy from the scratch tape's pool: reused segment after
-            // segment, step after step.
-            let copy = scratch
-                .inner
-                .borrow_mut()
-                .pool
-                .copy_of(x.data(), "checkpoint")
-                .map(|buf| Tensor::from_parts(x.shape().into(), buf));
+            // A view of the outer value (the checkpoint made every input
+            // shareable when it recorded): parameters, the input rows and
+            // the state are not copied onto the scratch tape. A value that
+            // could not be shared (an empty one) is copied from the
+            // scratch tape's pool.
+            let copy = x.view(0, x.shape()).map(Ok).unwrap_or_else(|| {
+                scratch
+                    .inner
+                    .borrow_mut()
+                    .pool
+                    .copy_of(x.data(), "checkpoint")
+                    .map(|buf| Tensor::from_parts(x.shape().into(), buf))
+            });
             let copy = or_fail(copy);
             match key {
                 Some(k) => scratch.bind_param_value(*k, copy, need),
@@ -368,6 +373,10 @@ impl<F: Real> Tape<F> {
             .collect();
         let mut shapes: Vec<Shape> = Vec::new();
         let mut places: Vec<usize> = Vec::new();
+        for &v in inputs {
+            // Shared with the scratch tapes instead of copied onto them.
+            self.make_shareable(v);
+        }
         let spare = self.inner.borrow().scratch.clone();
         let scratch = take_scratch(&spare);
         let packed = self.record("checkpoint", inputs, |x, pool| {
