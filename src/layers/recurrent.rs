@@ -896,6 +896,19 @@ impl<C: Cell> Recurrent<C> {
         let reorder = input.shape()[1] >= REORDER_MIN_ROWS;
         let present = vars.present();
         let params = vars.into_list();
+        // The weights reordered once for the direction, on this tape: the
+        // last segment multiplies by them here, and the checkpointed ones
+        // bind views of their values (`Var::transpose_known`) instead of
+        // transposing W_ih and W_hh again in each forward and re-run.
+        let outer = self.bound_of(DirVars::from_list(present, &params), reorder);
+        let known = |w: &Option<Weight<'t, F>>| match w {
+            Some(Weight::Transposed(t)) => {
+                tape.make_shareable(*t);
+                Some(t.value().clone())
+            }
+            _ => None,
+        };
+        let known = Arc::new([known(&outer.w_ih), known(&outer.w_hh)]);
         let layer = Arc::new(self.clone());
         let n_state = state.len();
         let mut outs = vec![None; steps];
@@ -916,9 +929,8 @@ impl<C: Cell> Recurrent<C> {
                 // forward pass: it runs on this tape and keeps its values
                 // (k steps' worth, within the √T budget) instead of being
                 // recomputed — one segment less of extra forward work.
-                let bound = self.bound_of(DirVars::from_list(present, &params), reorder);
                 let masks = masks.map(|m| &m[..]);
-                let dir = self.run_steps(tape, &bound, (l, d), x, t0, state, masks);
+                let dir = self.run_steps(tape, &outer, (l, d), x, t0, state, masks);
                 for (o, v) in outs[t0..t0 + len].iter_mut().zip(dir.outs) {
                     *o = Some(v);
                 }
@@ -928,12 +940,17 @@ impl<C: Cell> Recurrent<C> {
             let mut inputs = state.clone();
             inputs.push(x);
             inputs.extend_from_slice(&params);
-            let (layer, masks) = (Arc::clone(&layer), masks.cloned());
+            let (layer, masks, known) = (Arc::clone(&layer), masks.cloned(), Arc::clone(&known));
             let res = tape.checkpoint(&inputs, move |t, v| {
                 let _scope = t.scope(layer.scope_name(l, d));
                 let (st, rest) = v.split_at(n_state);
                 let vars = DirVars::from_list(present, &rest[1..]);
-                let bound = layer.bound_of(vars, reorder);
+                let mut bound = layer.bound_of(vars, false);
+                for (w, known) in [&mut bound.w_ih, &mut bound.w_hh].into_iter().zip(&*known) {
+                    if let (Some(Weight::Stored(s)), Some(k)) = (&*w, known) {
+                        *w = Some(Weight::Transposed(s.transpose_known(k)));
+                    }
+                }
                 let masks = masks.as_deref().map(|m| &m[..]);
                 let dir = layer.run_steps(t, &bound, (l, d), rest[0], t0, st.to_vec(), masks);
                 let mut outs = dir.outs;
@@ -1347,16 +1364,19 @@ impl<C: Cell> Recurrent<C> {
         self.spec().fold_hidden_bias && self.spec().input_gates > 0
     }
 
-    /// Steps per projection chunk.
+    /// Steps per projection chunk: the configured count, or about
+    /// `PROJECTION_ELEMS` projected values per chunk, evened out over the
+    /// run (a checkpointed segment of 10 steps projects 5 + 5, not 8 + 2).
     fn chunk_steps(&self, batch: usize, steps: usize) -> usize {
-        self.cfg
-            .projection_chunk
-            .unwrap_or_else(|| {
-                let row = batch * self.spec().input_gates * self.spec().hidden;
-                let by_elems = PROJECTION_ELEMS.div_ceil(row.max(1));
-                by_elems.max(PROJECTION_MIN_ROWS.div_ceil(batch.max(1)))
-            })
-            .clamp(1, steps)
+        if let Some(k) = self.cfg.projection_chunk {
+            return k.clamp(1, steps.max(1));
+        }
+        let row = batch * self.spec().input_gates * self.spec().hidden;
+        let by_elems = PROJECTION_ELEMS.div_ceil(row.max(1));
+        let per = by_elems
+            .max(PROJECTION_MIN_ROWS.div_ceil(batch.max(1)))
+            .clamp(1, steps.max(1));
+        steps.div_ceil(steps.div_ceil(per).max(1)).max(1)
     }
 
     /// Validity masks for every state width.

@@ -131,7 +131,17 @@ impl<F: Real> RecomputeOp<F> {
             .filter(|((_, &need), _)| need)
             .filter_map(|((v, _), slot)| slot.take().map(|g| (v.id(), g)))
             .collect();
-        let mut g = scratch.backward_onto(packed.id(), Some(c.gy.clone()), start)?;
+        // The seed from the scratch tape's pool (a clone would allocate
+        // the segment's output gradient afresh at every re-run).
+        let seed = {
+            let buf = scratch
+                .inner
+                .borrow_mut()
+                .pool
+                .copy_of(c.gy.data(), "checkpoint")?;
+            Tensor::from_parts(Shape::from_slice(c.gy.shape()), buf)
+        };
+        let mut g = scratch.backward_onto(packed.id(), Some(seed), start)?;
         for ((v, &need), slot) in leaves.iter().zip(&self.needs).zip(slots.iter_mut()) {
             if need {
                 *slot = g.take(v.id());

@@ -480,6 +480,51 @@ impl<'t, F: Real> Var<'t, F> {
         self.matmul_flags(rhs, true, false)
     }
 
+    /// [`Var::transpose`] when the caller already holds the transpose's
+    /// value (`known`, the same transpose recorded on another tape: a
+    /// checkpointed segment re-running with its layer's reordered
+    /// weights): the node is a transpose of `self` in every respect — its
+    /// rule, and the products that read its source — but its value is a
+    /// view of `known` (or a copy, if `known` is not shareable) instead of
+    /// a transpose computed again.
+    ///
+    /// # Panics
+    /// If `known` is not `self`'s transpose in shape (in debug builds, also
+    /// in value).
+    #[track_caller]
+    pub(crate) fn transpose_known(self, known: &Tensor<F>) -> Var<'t, F> {
+        self.tape().record("transpose", &[self], |x, pool| {
+            let a = x[0];
+            if a.rank() != 2 || known.shape() != [a.shape()[1], a.shape()[0]] {
+                return Err(Error::shape(
+                    "transpose",
+                    format!(
+                        "the known value {:?} is not the transpose of {:?}",
+                        known.shape(),
+                        a.shape()
+                    ),
+                ));
+            }
+            let value = match known.view(0, known.shape()) {
+                Some(v) => v,
+                None => Tensor::from_parts(
+                    Shape::from_slice(known.shape()),
+                    pool.copy_of(known.data(), "transpose")?,
+                ),
+            };
+            if cfg!(debug_assertions) {
+                let (r, c) = (a.shape()[0], a.shape()[1]);
+                let mut check = vec![F::zero(); a.numel()];
+                transpose_into(a.data(), r, c, &mut check, false);
+                assert!(
+                    check == value.data(),
+                    "transpose: the known value differs from the transpose"
+                );
+            }
+            Ok((Op::Linalg(LinalgOp::Transpose), value))
+        })
+    }
+
     /// Transpose of a 2-D var, `y = aᵀ` (a copy; prefer [`Var::matmul_t`]
     /// inside products).
     ///
