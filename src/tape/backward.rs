@@ -382,9 +382,10 @@ impl<F: Real> Tape<F> {
         let mut weights = WeightGrads::before_sweep(nodes, check);
         let mut loans = Loans {
             lent: std::mem::take(&mut inner.sweep_lent),
-            bufs: Vec::new(),
+            bufs: std::mem::take(&mut inner.sweep_loans),
         };
         loans.lent.clear();
+        loans.bufs.clear();
 
         for (i, node) in nodes.iter().enumerate().rev() {
             weights.reached(i, &mut slots, pool)?;
@@ -497,6 +498,8 @@ impl<F: Real> Tape<F> {
             "a lent gradient window was never repaid"
         );
         inner.sweep_lent = loans.lent;
+        loans.bufs.clear();
+        inner.sweep_loans = loans.bufs;
 
         // Leaves that require a gradient and retained vars the root does not
         // depend on get zeros, so `wrt` answers for every var that asked.

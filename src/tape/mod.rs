@@ -18,7 +18,10 @@
 //! takes `&mut self`, so the borrow checker guarantees that no handle
 //! survives a reset. All buffers (values and gradients) come from a
 //! [`pool::Pool`] that a reset refills, so a training loop that replays the
-//! same shapes allocates nothing after its first step.
+//! same shapes allocates nothing after its first step — but for the large
+//! buffers a concat frees by re-seating its inputs as views
+//! (`Tape::reseat_as_views`, 2¹⁵ elements and more), which trade an
+//! allocation per step for holding the elements once.
 
 pub(crate) mod backward;
 mod graph;
@@ -151,6 +154,9 @@ pub(crate) struct Inner<F> {
     /// The sweep's lent gradient windows per node (`backward.rs`,
     /// `Loans`), kept like `sweep_slots`.
     pub(crate) sweep_lent: Vec<Option<(u32, usize)>>,
+    /// The lending nodes' gradients of `sweep_lent` (all handed back to the
+    /// pool after a sweep), kept for their capacity.
+    pub(crate) sweep_loans: Vec<(Vec<F>, usize)>,
     /// The scratch tape of a checkpointed function: every parameter it may
     /// read was bound by the checkpoint from its inputs, so binding another
     /// one is refused (its gradient would not reach the outer tape).
@@ -229,6 +235,7 @@ impl<F: Real> Tape<F> {
                 anomaly: false,
                 sweep_slots: Vec::new(),
                 sweep_lent: Vec::new(),
+                sweep_loans: Vec::new(),
                 sealed: false,
                 scratch: Scratch::default(),
             }),
@@ -315,6 +322,7 @@ impl<F: Real> Tape<F> {
         inner.pool.clear();
         inner.sweep_slots = Vec::new();
         inner.sweep_lent = Vec::new();
+        inner.sweep_loans = Vec::new();
         if let Ok(mut spare) = inner.scratch.lock() {
             spare.clear();
         }
@@ -764,12 +772,16 @@ impl<F: Real> Tape<F> {
                 && !input.value.is_view()
                 && input.value.numel() >= RESEAT_MIN
         };
-        let ids = inner.nodes[id].inputs.clone();
-        if inner.nodes[id].value.is_view()
-            || !ids.iter().any(|&j| movable(&inner.nodes[j as usize]))
+        let nodes = &inner.nodes;
+        if nodes[id].value.is_view()
+            || !nodes[id]
+                .inputs
+                .iter()
+                .any(|&j| movable(&nodes[j as usize]))
         {
             return;
         }
+        let ids = inner.nodes[id].inputs.clone();
         inner.nodes[id].value.make_shareable();
         let mut at = 0;
         for &j in &ids {
