@@ -192,6 +192,27 @@ impl<F: Real> TapeModel<F> {
         loss
     }
 
+    /// [`TapeModel::step`] with the input given as a tensor and bound on the
+    /// tape as it is: without a copy when it is shared
+    /// (`Tensor::into_shared`), as a data set held across steps would be.
+    pub fn step_tensor(&self, tape: &Tape<F>, x: &Tensor<F>, targets: &[usize]) -> (F, Grads<F>) {
+        let (b, h) = (x.shape()[1], self.hidden());
+        let xv = tape.constant(x.clone());
+        let h0 = tape.zeros(&[b, h]);
+        let c0 = (!matches!(self.cell, Cell::Rnn(_))).then(|| tape.zeros(&[b, h]));
+        let loss = self.loss(tape, xv, h0, c0, targets);
+        (loss.item(), loss.backward())
+    }
+
+    fn hidden(&self) -> usize {
+        match (&self.rnn, &self.lstm, &self.user) {
+            (Some(r), _, _) => r.config().hidden_size,
+            (_, Some(l), _) => l.config().hidden_size,
+            (_, _, Some(u)) => u.config().hidden_size,
+            _ => unreachable!(),
+        }
+    }
+
     /// One training step's gradient computation: constants for the data
     /// (so no dL/dx is computed), zero initial state, `backward()`.
     pub fn step(
@@ -202,12 +223,7 @@ impl<F: Real> TapeModel<F> {
         targets: &[usize],
     ) -> (F, Grads<F>) {
         let [_, b, _] = shape;
-        let h = match (&self.rnn, &self.lstm, &self.user) {
-            (Some(r), _, _) => r.config().hidden_size,
-            (_, Some(l), _) => l.config().hidden_size,
-            (_, _, Some(u)) => u.config().hidden_size,
-            _ => unreachable!(),
-        };
+        let h = self.hidden();
         let xv = tape.constant_from_slice(x, &shape);
         let h0 = tape.zeros(&[b, h]);
         let c0 = (!matches!(self.cell, Cell::Rnn(_))).then(|| tape.zeros(&[b, h]));
