@@ -329,6 +329,18 @@ impl<F: Real> Tape<F> {
     }
 
     /// Elements currently held by the tape: node values plus pooled buffers.
+    /// A view counts its window, so elements several values share (a slice
+    /// and its source, a bound parameter and the store) count once for
+    /// each; the measure is for watching growth across steps, not for
+    /// adding up bytes.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.constant(Tensor::zeros(&[4, 2]));
+    /// let _rows = x.slice(0, 1, 2); // a view of x's rows 1..3
+    /// assert_eq!(tape.held_elements(), 8 + 4);
+    /// ```
     pub fn held_elements(&self) -> usize {
         let inner = self.inner.borrow();
         inner
