@@ -133,14 +133,11 @@ impl<F: Real> RecomputeOp<F> {
             .collect();
         // The seed from the scratch tape's pool (a clone would allocate
         // the segment's output gradient afresh at every re-run).
-        let seed = {
-            let buf = scratch
-                .inner
-                .borrow_mut()
-                .pool
-                .copy_of(c.gy.data(), "checkpoint")?;
-            Tensor::from_parts(Shape::from_slice(c.gy.shape()), buf)
-        };
+        let seed = scratch
+            .inner
+            .borrow_mut()
+            .pool
+            .window(c.gy, 0, c.gy.shape(), "checkpoint")?;
         let mut g = scratch.backward_onto(packed.id(), Some(seed), start)?;
         for ((v, &need), slot) in leaves.iter().zip(&self.needs).zip(slots.iter_mut()) {
             if need {
@@ -194,14 +191,11 @@ fn leaves_on<'s, F: Real>(
             // the state are not copied onto the scratch tape. A value that
             // could not be shared (an empty one) is copied from the
             // scratch tape's pool.
-            let copy = x.view(0, x.shape()).map(Ok).unwrap_or_else(|| {
-                scratch
-                    .inner
-                    .borrow_mut()
-                    .pool
-                    .copy_of(x.data(), "checkpoint")
-                    .map(|buf| Tensor::from_parts(x.shape().into(), buf))
-            });
+            let copy = scratch
+                .inner
+                .borrow_mut()
+                .pool
+                .window(x, 0, x.shape(), "checkpoint");
             let copy = or_fail(copy);
             match key {
                 Some(k) => scratch.bind_param_value(*k, copy, need),

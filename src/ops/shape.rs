@@ -189,24 +189,6 @@ impl ShapeOp {
     }
 }
 
-/// Elements `at..at + numel(shape)` of `x` under `shape`: a view if `x`'s
-/// buffer is shareable (the ops make it so before recording), else a
-/// pooled copy.
-fn window<F: Real>(
-    x: &Tensor<F>,
-    at: usize,
-    shape: &[usize],
-    pool: &mut crate::tape::pool::Pool<F>,
-) -> Result<Tensor<F>> {
-    if let Some(view) = x.view(at, shape) {
-        return Ok(view);
-    }
-    let n = numel(shape)?;
-    let mut out = pool.take(n, "view")?;
-    out.copy_from_slice(&x.data()[at..at + n]);
-    Ok(Tensor::from_parts(Shape::from_slice(shape), out))
-}
-
 fn check_axis(op: &str, shape: &[usize], axis: usize, limit: usize) -> Result<()> {
     if axis >= limit {
         return Err(Error::shape(
@@ -241,7 +223,10 @@ impl<'t, F: Real> Var<'t, F> {
                     format!("cannot reshape {:?} into {shape:?}", x.shape()),
                 ));
             }
-            Ok((Op::Shape(ShapeOp::Reshape), window(x, 0, shape, pool)?))
+            Ok((
+                Op::Shape(ShapeOp::Reshape),
+                pool.window(x, 0, shape, "reshape")?,
+            ))
         })
     }
 
@@ -396,7 +381,7 @@ impl<'t, F: Real> Var<'t, F> {
             shape[axis] = len;
             let op = Op::Shape(ShapeOp::Slice { axis, start, len });
             if outer == 1 {
-                return Ok((op, window(x, start * inner, &shape, pool)?));
+                return Ok((op, pool.window(x, start * inner, &shape, "slice")?));
             }
             let mut out = pool.take(outer * len * inner, "slice")?;
             for o in 0..outer {

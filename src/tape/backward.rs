@@ -286,16 +286,12 @@ impl<F: Real> Loans<F> {
         true
     }
 
-    /// Whether node `t` holds a window of the gradient the sweep is
-    /// processing now (lent by the current node, kept after its rule).
-    #[inline]
-    fn lent_by_this_node(&self, t: usize) -> bool {
-        matches!(self.lent.get(t), Some(Some((b, _))) if *b as usize == self.bufs.len())
-    }
-
     /// Before node `i`'s slot is written or read: copies its lent window
     /// (of `n` elements) into a fresh slot (adds it, if a checkpoint's
-    /// rule or the weight hook filled the slot meanwhile).
+    /// rule or the weight hook filled the slot meanwhile). A window of the
+    /// gradient the sweep is processing now (an input the current node
+    /// takes twice) stays lent: that gradient is kept only after the rule,
+    /// so this use comes first, and a + b = b + a.
     #[inline]
     fn repay(
         &mut self,
@@ -304,9 +300,13 @@ impl<F: Real> Loans<F> {
         n: usize,
         pool: &mut Pool<F>,
     ) -> Result<()> {
-        let Some((b, off)) = self.lent.get_mut(i).and_then(Option::take) else {
+        let Some(&Some((b, off))) = self.lent.get(i) else {
             return Ok(());
         };
+        if b as usize == self.bufs.len() {
+            return Ok(());
+        }
+        self.lent[i] = None;
         let (buf, left) = &mut self.bufs[b as usize];
         let part = &buf[off..off + n];
         match &mut slots[i] {
@@ -460,12 +460,8 @@ impl<F: Real> Tape<F> {
                 }
                 // A window lent to this input is its first term, as if it
                 // had been copied when lent: the sums are the copying
-                // sweep's, term for term. (Unless this very node lent it —
-                // an input it takes twice, its gy not yet kept: then this
-                // use comes first, and a + b = b + a.)
-                if !loans.lent_by_this_node(t) {
-                    loans.repay(t, &mut slots, nodes[t].value.numel(), pool)?;
-                }
+                // sweep's, term for term.
+                loans.repay(t, &mut slots, nodes[t].value.numel(), pool)?;
                 let fresh = slots[t].is_none();
                 if fresh {
                     slots[t] = Some(pool.take(nodes[t].value.numel(), "backward")?);

@@ -530,14 +530,11 @@ impl<F: Real> Tape<F> {
         // The store's buffer itself when it is shareable (the store makes
         // its values so): no copy, and a write to the store while this tape
         // holds it copies on write. Otherwise a pooled copy.
-        let value = match src.view(0, src.shape()) {
-            Some(shared) => shared,
-            None => {
-                let mut inner = self.inner.borrow_mut();
-                let buf = inner.pool.copy_of(src.data(), "param")?;
-                Tensor::from_parts(Shape::from_slice(src.shape()), buf)
-            }
-        };
+        let value = self
+            .inner
+            .borrow_mut()
+            .pool
+            .window(src, 0, src.shape(), "param")?;
         let v = self.push_leaf(Op::Param(key), value, true);
         let mut inner = self.inner.borrow_mut();
         inner.bound.insert(key, v.id());
@@ -793,11 +790,10 @@ impl<F: Real> Tape<F> {
         {
             return;
         }
-        let ids = inner.nodes[id].inputs.clone();
         inner.nodes[id].value.make_shareable();
         let mut at = 0;
-        for &j in &ids {
-            let j = j as usize;
+        for k in 0..inner.nodes[id].inputs.len() {
+            let j = inner.nodes[id].inputs[k] as usize;
             let n = inner.nodes[j].value.numel();
             if movable(&inner.nodes[j]) {
                 let shape = shape_of(&inner.nodes[j].value);

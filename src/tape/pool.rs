@@ -14,7 +14,7 @@
 //! were on loan at once.
 
 use crate::error::Result;
-use crate::tensor::try_alloc;
+use crate::tensor::{try_alloc, Shape, Tensor};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -195,6 +195,27 @@ impl<F: Copy + num_traits::Zero> Pool<F> {
             b.free.clear();
         }
         self.held = 0;
+    }
+}
+
+impl<F: crate::Real> Pool<F> {
+    /// Elements `at..at + numel(shape)` of `x` under `shape`: a view of
+    /// `x`'s buffer when it is shareable (no copy), else a pooled copy —
+    /// how a slice, a reshape, a bound parameter or a checkpoint's scratch
+    /// leaf takes its value.
+    pub(crate) fn window(
+        &mut self,
+        x: &Tensor<F>,
+        at: usize,
+        shape: &[usize],
+        op: &str,
+    ) -> Result<Tensor<F>> {
+        if let Some(view) = x.view(at, shape) {
+            return Ok(view);
+        }
+        let n = crate::tensor::numel(shape)?;
+        let buf = self.copy_of(&x.data()[at..at + n], op)?;
+        Ok(Tensor::from_parts(Shape::from_slice(shape), buf))
     }
 }
 

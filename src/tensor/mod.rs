@@ -292,10 +292,7 @@ impl<F: Real> Tensor<F> {
     /// [`Tensor::view`] can window it. A released (empty) value stays as it
     /// is.
     pub(crate) fn make_shareable(&mut self) {
-        let n = self.data.len();
-        if n > 0 && !self.data.is_shared() {
-            self.data = self.data.view(0, n);
-        }
+        self.data.share();
     }
 
     /// A view of this shareable tensor's elements `at..at + numel(shape)`
@@ -305,12 +302,8 @@ impl<F: Real> Tensor<F> {
     /// # Panics
     /// If the window is out of range.
     pub(crate) fn view(&self, at: usize, shape: &[usize]) -> Option<Self> {
-        if !self.data.is_shared() {
-            return None;
-        }
-        let mut data = self.data.clone();
         Some(Tensor {
-            data: data.view(at, shape.iter().product()),
+            data: self.data.window(at, shape.iter().product())?,
             shape: Shape::from_slice(shape),
         })
     }

@@ -103,31 +103,36 @@ impl<F: Copy> Storage<F> {
         }
     }
 
-    /// Makes the buffer shareable (moving it behind an `Arc`, no copy) and
-    /// returns a view of its window `at..at + len`.
+    /// Makes the buffer shareable: moves it behind an `Arc`, no copy. An
+    /// empty (taken) buffer stays as it is.
+    pub(crate) fn share(&mut self) {
+        if let Storage::Owned(v) = self {
+            if !v.is_empty() {
+                let len = v.len();
+                *self = Storage::Shared {
+                    buf: Arc::new(std::mem::take(v)),
+                    start: 0,
+                    len,
+                };
+            }
+        }
+    }
+
+    /// A view of this shared window's elements `at..at + len`, or `None`
+    /// if the buffer is not shared (see [`Storage::share`]).
     ///
     /// # Panics
     /// If the window is out of range (the callers check shapes first).
-    pub(crate) fn view(&mut self, at: usize, len: usize) -> Storage<F> {
-        if let Storage::Owned(v) = self {
-            let n = v.len();
-            *self = Storage::Shared {
-                buf: Arc::new(std::mem::take(v)),
-                start: 0,
-                len: n,
-            };
-        }
-        match self {
-            Storage::Shared { buf, start, len: n } => {
-                assert!(at + len <= *n, "view {at}..{} of {n} elements", at + len);
-                Storage::Shared {
-                    buf: Arc::clone(buf),
-                    start: *start + at,
-                    len,
-                }
-            }
-            Storage::Owned(_) => unreachable!("made shared above"),
-        }
+    pub(crate) fn window(&self, at: usize, len: usize) -> Option<Storage<F>> {
+        let Storage::Shared { buf, start, len: n } = self else {
+            return None;
+        };
+        assert!(at + len <= *n, "view {at}..{} of {n} elements", at + len);
+        Some(Storage::Shared {
+            buf: Arc::clone(buf),
+            start: start + at,
+            len,
+        })
     }
 
     /// If `parts` are adjacent windows of one shared buffer, in order, the
@@ -162,7 +167,9 @@ mod tests {
     #[test]
     fn a_view_reads_its_window_and_outlives_its_source() {
         let mut src = Storage::Owned((0..10).map(f64::from).collect());
-        let v = src.view(3, 4);
+        assert!(src.window(0, 1).is_none(), "not shared yet");
+        src.share();
+        let v = src.window(3, 4).unwrap();
         assert_eq!(v.as_slice(), &[3.0, 4.0, 5.0, 6.0]);
         assert_eq!(src.take_vec(), Vec::<f64>::new(), "the view still holds it");
         let mut v = v;
@@ -176,7 +183,8 @@ mod tests {
     #[test]
     fn writing_a_shared_window_copies_and_never_changes_the_others() {
         let mut src = Storage::Owned(vec![1.0f32, 2.0, 3.0]);
-        let mut v = src.view(1, 2);
+        src.share();
+        let mut v = src.window(1, 2).unwrap();
         v.as_mut_slice()[0] = 9.0;
         assert_eq!(v.as_slice(), &[9.0, 3.0]);
         assert_eq!(src.as_slice(), &[1.0, 2.0, 3.0]);
@@ -191,7 +199,9 @@ mod tests {
     #[test]
     fn adjacent_windows_join_into_one_view() {
         let mut src = Storage::Owned((0..6).map(f64::from).collect());
-        let (a, b, c) = (src.view(0, 2), src.view(2, 2), src.view(4, 2));
+        src.share();
+        let view = |at| src.window(at, 2).unwrap();
+        let (a, b, c) = (view(0), view(2), view(4));
         let all = Storage::joined(&[&a, &b, &c]).expect("adjacent");
         assert_eq!(all.as_slice(), src.as_slice());
         assert!(Storage::joined(&[&a, &c]).is_none(), "a gap");
@@ -203,9 +213,10 @@ mod tests {
     #[test]
     fn into_vec_copies_only_what_it_must() {
         let mut src = Storage::Owned(vec![1.0f64, 2.0, 3.0]);
-        let v = src.view(0, 2);
+        src.share();
+        let v = src.window(0, 2).unwrap();
         assert_eq!(v.into_vec(), vec![1.0, 2.0]);
-        let w = src.view(0, 3);
+        let w = src.window(0, 3).unwrap();
         drop(src);
         assert_eq!(w.into_vec(), vec![1.0, 2.0, 3.0]);
     }

@@ -196,8 +196,13 @@ impl<F: Real> TapeModel<F> {
     /// tape as it is: without a copy when it is shared
     /// (`Tensor::into_shared`), as a data set held across steps would be.
     pub fn step_tensor(&self, tape: &Tape<F>, x: &Tensor<F>, targets: &[usize]) -> (F, Grads<F>) {
-        let (b, h) = (x.shape()[1], self.hidden());
-        let xv = tape.constant(x.clone());
+        self.step_on(tape, tape.constant(x.clone()), targets)
+    }
+
+    /// The step from the input `xv` [T×B×I] on `tape`: zero initial state,
+    /// the loss, `backward()`.
+    fn step_on<'t>(&self, tape: &'t Tape<F>, xv: Var<'t, F>, targets: &[usize]) -> (F, Grads<F>) {
+        let (b, h) = (xv.shape()[1], self.hidden());
         let h0 = tape.zeros(&[b, h]);
         let c0 = (!matches!(self.cell, Cell::Rnn(_))).then(|| tape.zeros(&[b, h]));
         let loss = self.loss(tape, xv, h0, c0, targets);
@@ -222,12 +227,6 @@ impl<F: Real> TapeModel<F> {
         shape: [usize; 3],
         targets: &[usize],
     ) -> (F, Grads<F>) {
-        let [_, b, _] = shape;
-        let h = self.hidden();
-        let xv = tape.constant_from_slice(x, &shape);
-        let h0 = tape.zeros(&[b, h]);
-        let c0 = (!matches!(self.cell, Cell::Rnn(_))).then(|| tape.zeros(&[b, h]));
-        let loss = self.loss(tape, xv, h0, c0, targets);
-        (loss.item(), loss.backward())
+        self.step_on(tape, tape.constant_from_slice(x, &shape), targets)
     }
 }

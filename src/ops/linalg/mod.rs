@@ -505,13 +505,7 @@ impl<'t, F: Real> Var<'t, F> {
                     ),
                 ));
             }
-            let value = match known.view(0, known.shape()) {
-                Some(v) => v,
-                None => Tensor::from_parts(
-                    Shape::from_slice(known.shape()),
-                    pool.copy_of(known.data(), "transpose")?,
-                ),
-            };
+            let value = pool.window(known, 0, known.shape(), "transpose")?;
             if cfg!(debug_assertions) {
                 let (r, c) = (a.shape()[0], a.shape()[1]);
                 let mut check = vec![F::zero(); a.numel()];
